@@ -1,0 +1,936 @@
+"""Checkpoint core layer (``CheckpointDomainService`` of the design document).
+
+Create, read, list and delete checkpoints; their lifecycle (expiry, archive);
+cleanup of expired checkpoints; statistics. It turns a state (a mapping of
+string keys to values) into stored parts that grow with what changed:
+
+* a list value is an append-only item log: a write that appends one item to a
+  1,000-item list stores one item (the unchanged prefix is detected by comparing
+  the list's serialized bytes with those of the parent's list, so a list mutated
+  in place is still stored exactly as it is at write time);
+* any other value above ``inline_limit`` bytes is a content-addressed blob,
+  stored once however many checkpoints and threads hold it;
+* small values are kept inline in the checkpoint's manifest.
+
+Every stored value is verified on read (blobs by their hash, list items by a
+CRC-32), and a mismatch raises IntegrityError naming the checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import secrets
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from threadline.errors import (
+    IntegrityError,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    SerializationError,
+    StaleReference,
+)
+from threadline.model import (
+    DEFAULT_BRANCH,
+    Checkpoint,
+    CheckpointFilter,
+    CheckpointKind,
+    CheckpointStatus,
+    CleanupReport,
+    Page,
+    Stats,
+    Thread,
+    check_metadata,
+    datetime_to_us,
+    new_checkpoint_id,
+    new_id,
+    now_us,
+    parse_enum,
+    us_to_datetime,
+    validate_checkpoint_id,
+    validate_id,
+    validate_name,
+)
+from threadline.serde import Serializer, array_header
+from threadline.storage.base import (
+    UNSET,
+    BlobRef,
+    CheckpointRepository,
+    CheckpointRow,
+    CheckpointWrite,
+    InlineRef,
+    LifecycleUpdate,
+    ListAppend,
+    ListRef,
+    Manifest,
+    NewBlob,
+    Ref,
+    RowQuery,
+    ThreadRow,
+)
+
+S = TypeVar("S")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def asyncify(fn: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
+    """The async twin of a sync method, run in a worker thread (one implementation)."""
+
+    @functools.wraps(fn)
+    async def run(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await asyncio.to_thread(fn, self, *args, **kwargs)
+
+    return run
+
+
+def blob_hash(data: bytes) -> bytes:
+    """Content address of a serialized value: blake2b, 128 bits."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+_HEADER_KEYS = {
+    "title": "t",
+    "description": "d",
+    "tags": "g",
+    "metadata": "m",
+    "error_message": "em",
+    "error_type": "et",
+    "restored_from": "rf",
+    "sync_point": "sp",
+    "protected": "p",
+}
+
+
+@dataclass
+class _ListCache:
+    """Serialized items of a stored list prefix: concatenated bodies and item offsets."""
+
+    body: bytes
+    offsets: list[int]  # offsets[i] = where item i starts; offsets[-1] = len(body)
+
+    @property
+    def length(self) -> int:
+        return len(self.offsets) - 1
+
+
+class _Caches:
+    """Per-store memory of what was written last: branch heads, list bodies, blobs.
+
+    Only an optimisation: a stale entry makes the backend raise
+    StaleReference (nothing stored) and the write is planned again without it.
+    """
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.lock = threading.Lock()
+        self.heads: OrderedDict[tuple[str, str], CheckpointRow] = OrderedDict()
+        self.lists: OrderedDict[int, _ListCache] = OrderedDict()
+        self.blobs: OrderedDict[bytes, None] = OrderedDict()
+        self.list_bytes = 0
+        self.max_bytes = max_bytes
+
+    def head(self, thread_id: str, branch: str) -> CheckpointRow | None:
+        with self.lock:
+            return self.heads.get((thread_id, branch))
+
+    def remember_head(self, row: CheckpointRow) -> None:
+        with self.lock:
+            self.heads[(row.thread_id, row.branch)] = row
+            self.heads.move_to_end((row.thread_id, row.branch))
+            while len(self.heads) > 4096:
+                self.heads.popitem(last=False)
+
+    def list(self, list_id: int) -> _ListCache | None:
+        with self.lock:
+            entry = self.lists.get(list_id)
+            if entry is not None:
+                self.lists.move_to_end(list_id)
+            return entry
+
+    def remember_list(self, list_id: int, entry: _ListCache) -> None:
+        with self.lock:
+            old = self.lists.pop(list_id, None)
+            if old is not None:
+                self.list_bytes -= len(old.body)
+            self.lists[list_id] = entry
+            self.list_bytes += len(entry.body)
+            while self.list_bytes > self.max_bytes and len(self.lists) > 1:
+                _, dropped = self.lists.popitem(last=False)
+                self.list_bytes -= len(dropped.body)
+
+    def has_blob(self, digest: bytes) -> bool:
+        with self.lock:
+            return digest in self.blobs
+
+    def remember_blob(self, digest: bytes) -> None:
+        with self.lock:
+            self.blobs[digest] = None
+            while len(self.blobs) > 65536:
+                self.blobs.popitem(last=False)
+
+    def forget_thread(self, thread_id: str) -> None:
+        with self.lock:
+            for key in [k for k in self.heads if k[0] == thread_id]:
+                del self.heads[key]
+
+    def clear(self) -> None:
+        with self.lock:
+            self.heads.clear()
+            self.lists.clear()
+            self.blobs.clear()
+            self.list_bytes = 0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    manifest: Manifest
+    blobs: list[NewBlob]
+    lists: list[ListAppend]
+    list_bodies: dict[str, tuple[_ListCache | None, list[bytes]]]  # state key -> (known prefix, new items)
+    logical_size: int
+
+
+class CheckpointDomainService:
+    """Checkpoint CRUD, lifecycle, expiry, cleanup and statistics over one repository.
+
+    Args:
+        repository: the storage backend.
+        serializer: the safe serializer (register your own types on it).
+        inline_limit: values whose stored form is at most this many bytes stay
+            inside the manifest instead of becoming blobs.
+        max_state_bytes: refuse states whose serialized size exceeds this
+            (None: no limit).
+        list_min_items: lists with at least this many items are stored as item
+            logs; shorter ones as ordinary values.
+    """
+
+    def __init__(
+        self,
+        repository: CheckpointRepository,
+        serializer: Serializer,
+        *,
+        inline_limit: int = 64,
+        max_state_bytes: int | None = 256 << 20,
+        list_min_items: int = 2,
+    ) -> None:
+        self.repository = repository
+        self.serializer = serializer
+        self.inline_limit = inline_limit
+        self.max_state_bytes = max_state_bytes
+        self.list_min_items = list_min_items
+        self._caches = _Caches()
+
+    # ------------------------------------------------------------ threads
+
+    def create_thread(
+        self,
+        thread_id: str | None = None,
+        *,
+        session_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        origin: Mapping[str, Any] | None = None,
+    ) -> Thread:
+        """Create a thread (id generated when not given) with an empty ``main`` branch.
+
+        Raises:
+            InvalidInput: malformed id or metadata.
+            AlreadyExists: the id is taken.
+        """
+        tid = validate_id(thread_id, "thread id") if thread_id is not None else new_id()
+        if session_id is not None:
+            validate_id(session_id, "session id")
+        meta = check_metadata(metadata or {})
+        row = self.repository.create_thread(
+            tid,
+            created_at=now_us(),
+            session_id=session_id,
+            metadata=self.serializer.dumps(dict(meta), path="metadata"),
+            origin=self.serializer.dumps(dict(origin), path="origin") if origin else None,
+        )
+        return self._thread(row)
+
+    def get_thread(self, thread_id: str) -> Thread:
+        """Raises NotFound."""
+        return self._thread(self.repository.get_thread(validate_id(thread_id, "thread id")))
+
+    def ensure_thread(self, thread_id: str, *, session_id: str | None = None) -> Thread:
+        """The thread, created first when it does not exist."""
+        try:
+            return self.get_thread(thread_id)
+        except NotFound:
+            try:
+                return self.create_thread(thread_id, session_id=session_id)
+            except Exception:  # another writer created it between the two calls
+                return self.get_thread(thread_id)
+
+    def list_threads(
+        self, *, session_id: str | None = None, cursor: str | None = None, limit: int = 100
+    ) -> Page[Thread]:
+        """Threads ordered by id, a page at a time."""
+        _check_limit(limit)
+        rows = self.repository.list_threads(session_id=session_id, after=cursor, limit=limit + 1)
+        items = [self._thread(r) for r in rows[:limit]]
+        return Page(items, items[-1].id if len(rows) > limit else None)
+
+    def update_thread_metadata(self, thread_id: str, metadata: Mapping[str, Any]) -> Thread:
+        """Replace a thread's metadata. Raises NotFound, InvalidInput."""
+        meta = check_metadata(metadata)
+        row = self.repository.update_thread(
+            validate_id(thread_id, "thread id"), metadata=self.serializer.dumps(dict(meta), path="metadata")
+        )
+        return self._thread(row)
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Delete a thread with its whole history; its unshared bytes are collected."""
+        self.repository.delete_thread(validate_id(thread_id, "thread id"))
+        self._caches.forget_thread(thread_id)
+
+    def _thread(self, row: ThreadRow) -> Thread:
+        return Thread(
+            id=row.id,
+            created_at=us_to_datetime(row.created_at),
+            session_id=row.session_id,
+            metadata=self.serializer.loads(row.metadata),
+            default_branch=row.default_branch,
+            origin=self.serializer.loads(row.origin) if row.origin else None,
+        )
+
+    # ------------------------------------------------------------ create
+
+    def create(
+        self,
+        thread_id: str,
+        state: Mapping[str, Any],
+        *,
+        branch: str = DEFAULT_BRANCH,
+        kind: CheckpointKind | str = CheckpointKind.AUTO,
+        title: str | None = None,
+        description: str | None = None,
+        tags: Sequence[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+        error_message: str | None = None,
+        error_type: str | None = None,
+        milestone: str | None = None,
+        expires_at: datetime | None = None,
+        ttl: timedelta | None = None,
+        expected_head: str | None | Any = UNSET,
+        checkpoint_id: str | None = None,
+        create_branch_from: str | None | Any = UNSET,
+        merge_parent_id: str | None = None,
+        restored_from: str | None = None,
+        sync_point: str | None = None,
+    ) -> Checkpoint:
+        """Write a checkpoint of ``state`` on a branch of a thread and advance its head.
+
+        Args:
+            thread_id: an existing thread.
+            state: a mapping of string keys to serializable values.
+            kind: ``auto``, ``manual``, ``error`` (needs ``error_message``) or
+                ``milestone`` (needs ``milestone``, a name unique in the thread).
+            expires_at / ttl: when the checkpoint expires (at most one of them).
+            expected_head: optimistic concurrency: the head the caller last saw
+                (``None`` for an empty branch). Omit it to append to whatever the
+                head is; writes to one branch are serialized either way.
+            checkpoint_id: use this id (a UUID string) instead of a new one.
+            create_branch_from: create ``branch`` at this checkpoint (``None``:
+                an empty branch) and write the checkpoint as its first one.
+
+        Raises:
+            InvalidInput: malformed arguments or state (non-string keys).
+            SerializationError: a value cannot be serialized (message names its path).
+            LimitExceeded: the state is larger than ``max_state_bytes``.
+            NotFound: the thread or branch does not exist.
+            Conflict: ``expected_head`` is not the head; nothing was stored.
+            AlreadyExists: the checkpoint id or milestone name is taken.
+        """
+        kind = parse_enum(CheckpointKind, kind, "checkpoint kind")
+        thread_id = validate_id(thread_id, "thread id")
+        branch = validate_name(branch, "branch name")
+        if not isinstance(state, Mapping):
+            raise InvalidInput(f"state must be a mapping of string keys to values, got {type(state).__name__}")
+        for key in state:
+            if not isinstance(key, str):
+                raise InvalidInput(f"state keys must be strings; got key {key!r} of type {type(key).__name__}")
+        self._check_kind(kind, error_message, error_type, milestone)
+        if milestone is not None:
+            milestone = validate_name(milestone, "milestone name")
+        if expires_at is not None and ttl is not None:
+            raise InvalidInput("give expires_at or ttl, not both")
+        created = now_us()
+        expires = datetime_to_us(expires_at) if expires_at is not None else None
+        if ttl is not None:
+            if ttl <= timedelta(0):
+                raise InvalidInput(f"ttl must be positive, got {ttl}")
+            expires = created + int(ttl.total_seconds() * 1_000_000)
+        header = self._encode_header(
+            title=_opt_str(title, "title"),
+            description=_opt_str(description, "description"),
+            tags=_check_tags(tags),
+            metadata=dict(check_metadata(metadata or {})),
+            error_message=error_message,
+            error_type=error_type,
+            restored_from=restored_from,
+            sync_point=sync_point,
+        )
+        create_branch = create_branch_from is not UNSET
+        parent_for_branch = (
+            validate_checkpoint_id(create_branch_from) if create_branch and create_branch_from is not None else None
+        )
+        cid = validate_checkpoint_id(checkpoint_id) if checkpoint_id is not None else None
+
+        for attempt in range(2):
+            parent = self._planning_parent(thread_id, branch, parent_for_branch if create_branch else UNSET)
+            plan = self._plan(state, parent)
+            if self.max_state_bytes is not None and plan.logical_size > self.max_state_bytes:
+                raise LimitExceeded(
+                    f"state of {plan.logical_size} bytes exceeds the limit of {self.max_state_bytes} bytes"
+                )
+            write = CheckpointWrite(
+                id=cid or new_checkpoint_id(parent.id if parent else None),
+                thread_id=thread_id,
+                branch=branch,
+                kind=kind,
+                created_at=created,
+                expires_at=expires,
+                header=header,
+                manifest=plan.manifest,
+                blobs=plan.blobs,
+                lists=plan.lists,
+                logical_size=plan.logical_size,
+                milestone=milestone,
+                parent_id=parent_for_branch,
+                create_branch=create_branch,
+                merge_parent_id=validate_checkpoint_id(merge_parent_id) if merge_parent_id else None,
+                restored_from=restored_from,
+            )
+            try:
+                row = self.repository.append_checkpoint(write, expected_head=expected_head)
+            except StaleReference:
+                self._caches.clear()
+                if attempt:
+                    raise
+                continue
+            self._remember(row, plan)
+            return self._checkpoint(row)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _check_kind(
+        kind: CheckpointKind, error_message: str | None, error_type: str | None, milestone: str | None
+    ) -> None:
+        if kind is CheckpointKind.ERROR:
+            if not error_message or not isinstance(error_message, str):
+                raise InvalidInput("an error checkpoint needs error_message (a non-empty string)")
+            if error_type is not None and not isinstance(error_type, str):
+                raise InvalidInput("error_type must be a string")
+        elif error_message is not None or error_type is not None:
+            raise InvalidInput(f"only error checkpoints carry an error message; this one is {kind.value!r}")
+        if kind is CheckpointKind.MILESTONE:
+            if milestone is None:
+                raise InvalidInput("a milestone checkpoint needs a milestone name")
+        elif milestone is not None:
+            raise InvalidInput(f"only milestone checkpoints carry a milestone name; this one is {kind.value!r}")
+
+    def _planning_parent(self, thread_id: str, branch: str, branch_from: str | None | Any) -> CheckpointRow | None:
+        """The checkpoint whose values the new one is most likely to share."""
+        if branch_from is not UNSET:
+            return self.repository.get_checkpoint(branch_from) if branch_from else None
+        cached = self._caches.head(thread_id, branch)
+        if cached is not None:
+            return cached
+        head = self.repository.get_branch(thread_id, branch).head
+        return self.repository.get_checkpoint(head) if head else None
+
+    def _remember(self, row: CheckpointRow, plan: _Plan) -> None:
+        self._caches.remember_head(row)
+        for blob in plan.blobs:
+            self._caches.remember_blob(blob.hash)
+        for key, (prefix, new_items) in plan.list_bodies.items():
+            ref = row.manifest[key]
+            assert isinstance(ref, ListRef)
+            offsets = list(prefix.offsets) if prefix else [0]
+            for item in new_items:
+                offsets.append(offsets[-1] + len(item))
+            body = (prefix.body if prefix else b"") + b"".join(new_items)
+            self._caches.remember_list(ref.list_id, _ListCache(body, offsets))
+
+    # ------------------------------------------------------------ encoding
+
+    def _plan(self, state: Mapping[str, Any], parent: CheckpointRow | None) -> _Plan:
+        manifest: Manifest = {}
+        blobs: list[NewBlob] = []
+        lists: list[ListAppend] = []
+        bodies: dict[str, tuple[_ListCache | None, list[bytes]]] = {}
+        logical = 0
+        parent_manifest = parent.manifest if parent else {}
+        for key, value in state.items():
+            path = f"state[{key!r}]"
+            old = parent_manifest.get(key)
+            if type(value) is list and len(value) >= self.list_min_items:
+                ref, append, prefix, new_items, size = self._plan_list(value, path, old)
+                manifest[key] = ref
+                logical += size
+                if append is not None:
+                    lists.append(append)
+                    bodies[key] = (prefix, new_items)
+                continue
+            data = self.serializer.dumps(value, path=path)
+            logical += len(data)
+            framed = self.serializer.pack(data)
+            if len(framed) <= self.inline_limit:
+                manifest[key] = InlineRef(framed)
+                continue
+            digest = blob_hash(data)
+            manifest[key] = BlobRef(digest)
+            if not (isinstance(old, BlobRef) and old.hash == digest) and not self._caches.has_blob(digest):
+                blobs.append(NewBlob(digest, framed))
+        return _Plan(manifest, blobs, lists, bodies, logical)
+
+    def _plan_list(
+        self, value: list[Any], path: str, old: Ref | None
+    ) -> tuple[ListRef, ListAppend | None, _ListCache | None, list[bytes], int]:
+        """Store a list as "the first n items of list L", appending only what is new.
+
+        The new list is serialized whole (one C call) and its bytes compared with
+        the parent's list bytes, so an item changed in place is never mistaken for
+        an unchanged one.
+        """
+        whole = self.serializer.dumps(value, path=path)
+        body = memoryview(whole)[len(array_header(len(value))) :]
+        start, prefix = 0, None
+        if isinstance(old, ListRef):
+            start, prefix = self._common_prefix(value, body, path, old)
+        if isinstance(old, ListRef) and start == len(value):
+            return ListRef(old.list_id, start), None, None, [], len(whole)
+        new_items = self.serializer.dumps_items(value[start:], path=path)
+        if isinstance(old, ListRef) and start > 0:
+            list_id, base = (old.list_id, None) if start == old.length else (_random_list_id(), (old.list_id, start))
+        else:
+            list_id, base, prefix = _random_list_id(), None, None
+        framed = [self.serializer.pack(item) for item in new_items]
+        append = ListAppend(
+            list_id=list_id,
+            start=start,
+            items=framed,
+            crcs=[zlib.crc32(f) for f in framed],
+            fork_id=0,
+            base=base,
+        )
+        return ListRef(list_id, len(value)), append, prefix, new_items, len(whole)
+
+    def _common_prefix(
+        self, value: list[Any], body: memoryview, path: str, old: ListRef
+    ) -> tuple[int, _ListCache | None]:
+        """How many leading items the new list shares with the stored list ``old``."""
+        cached = self._caches.list(old.list_id)
+        if cached is not None and cached.length >= old.length:
+            end = cached.offsets[min(old.length, len(value))]
+            if old.length <= len(value) and body[:end] == memoryview(cached.body)[:end]:
+                return old.length, _ListCache(cached.body[:end], cached.offsets[: old.length + 1])
+            stored = [cached.body[cached.offsets[i] : cached.offsets[i + 1]] for i in range(old.length)]
+        else:
+            try:
+                stored = self._read_list_raw(old, "parent")
+            except (IntegrityError, NotFound, SerializationError):
+                return 0, None
+        mine = self.serializer.dumps_items(value[: len(stored)], path=path)
+        count = 0
+        for a, b in zip(mine, stored, strict=False):
+            if a != b:
+                break
+            count += 1
+        offsets = [0]
+        for item in stored[:count]:
+            offsets.append(offsets[-1] + len(item))
+        return count, _ListCache(b"".join(stored[:count]), offsets)
+
+    def _read_list_raw(self, ref: ListRef, checkpoint_id: str) -> list[bytes]:
+        rows = self.repository.get_list_items(ref.list_id, ref.length)
+        out: list[bytes] = []
+        for i, (crc, framed) in enumerate(zip(rows.crcs, rows.data, strict=True)):
+            framed = bytes(framed)
+            if zlib.crc32(framed) != crc:
+                raise IntegrityError(
+                    f"checkpoint {checkpoint_id}: item {i} of a stored list does not match its checksum"
+                )
+            out.append(self.serializer.unpack(framed))
+        return out
+
+    # ------------------------------------------------------------ headers
+
+    def _encode_header(self, **fields: Any) -> bytes:
+        packed = {_HEADER_KEYS[k]: v for k, v in fields.items() if v not in (None, (), [], {}, False)}
+        return self.serializer.dumps(packed, path="metadata")
+
+    def _decode_header(self, raw: bytes) -> dict[str, Any]:
+        data = self.serializer.loads(raw) if raw else {}
+        if not isinstance(data, dict):
+            raise IntegrityError("checkpoint header is not a mapping")
+        return {name: data[short] for name, short in _HEADER_KEYS.items() if short in data}
+
+    def _checkpoint(self, row: CheckpointRow) -> Checkpoint:
+        header = self._decode_header(row.header)
+        return Checkpoint(
+            id=row.id,
+            thread_id=row.thread_id,
+            branch=row.branch,
+            parent_id=row.parent_id,
+            kind=row.kind,
+            status=row.status,
+            created_at=us_to_datetime(row.created_at),
+            expires_at=us_to_datetime(row.expires_at) if row.expires_at is not None else None,
+            title=header.get("title"),
+            description=header.get("description"),
+            tags=tuple(header.get("tags", ())),
+            metadata=header.get("metadata", {}),
+            error_message=header.get("error_message"),
+            error_type=header.get("error_type"),
+            milestone=row.milestone,
+            protected=row.milestone is not None and header.get("protected", True) is not False,
+            merge_parent_id=row.merge_parent_id,
+            restored_from=header.get("restored_from"),
+            sync_point=header.get("sync_point"),
+            restore_count=row.restore_count,
+            logical_size=row.logical_size,
+            stored_size=row.stored_size,
+        )
+
+    # ------------------------------------------------------------ read
+
+    def get(self, checkpoint_id: str) -> Checkpoint:
+        """A checkpoint's fields (not its state). Raises NotFound, InvalidInput."""
+        return self._checkpoint(self.repository.get_checkpoint(validate_checkpoint_id(checkpoint_id)))
+
+    def latest(self, thread_id: str, branch: str = DEFAULT_BRANCH) -> Checkpoint | None:
+        """The head of a branch, or None when the branch is empty. Raises NotFound."""
+        head = self.repository.get_branch(validate_id(thread_id, "thread id"), validate_name(branch, "branch")).head
+        return self.get(head) if head else None
+
+    def get_state(self, checkpoint_id: str) -> dict[str, Any]:
+        """Exactly the state that was written, verified against its checksums.
+
+        Raises:
+            NotFound: no such checkpoint.
+            IntegrityError: stored bytes no longer match their hash or checksum.
+        """
+        row = self.repository.get_checkpoint(validate_checkpoint_id(checkpoint_id))
+        return self.materialize(row)
+
+    def get_with_state(self, checkpoint_id: str) -> tuple[Checkpoint, dict[str, Any]]:
+        """A checkpoint and its state in one read."""
+        row = self.repository.get_checkpoint(validate_checkpoint_id(checkpoint_id))
+        return self._checkpoint(row), self.materialize(row)
+
+    def materialize(self, row: CheckpointRow) -> dict[str, Any]:
+        """Decode a stored row's state (used by the layers above for bulk reads)."""
+        blob_hashes = [r.hash for r in row.manifest.values() if isinstance(r, BlobRef)]
+        blobs = self.repository.get_blobs(blob_hashes) if blob_hashes else {}
+        state: dict[str, Any] = {}
+        try:
+            for key, ref in row.manifest.items():
+                if isinstance(ref, InlineRef):
+                    state[key] = self.serializer.loads(self.serializer.unpack(ref.data))
+                elif isinstance(ref, BlobRef):
+                    framed = blobs.get(ref.hash)
+                    if framed is None:
+                        raise IntegrityError(f"checkpoint {row.id}: value of {key!r} is missing (blob {ref.hash.hex()})")
+                    data = self.serializer.unpack(bytes(framed))
+                    if blob_hash(data) != ref.hash:
+                        raise IntegrityError(
+                            f"checkpoint {row.id}: value of {key!r} does not match its hash {ref.hash.hex()}"
+                        )
+                    state[key] = self.serializer.loads(data)
+                else:
+                    state[key] = self.serializer.loads_items(self._read_list_raw(ref, row.id))
+        except SerializationError as exc:
+            raise IntegrityError(f"checkpoint {row.id}: stored state cannot be decoded ({exc})") from exc
+        return state
+
+    def list(
+        self,
+        thread_id: str,
+        filter: CheckpointFilter | None = None,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[Checkpoint]:
+        """A thread's checkpoints, newest first, a page at a time.
+
+        Pass the returned ``next_cursor`` as ``cursor`` for the next page.
+        Raises NotFound (thread), InvalidInput (limit, cursor).
+        """
+        _check_limit(limit)
+        rows = self.scan(thread_id, filter, limit=limit + 1, cursor=cursor)
+        items = [self._checkpoint(r) for r in rows[:limit]]
+        return Page(items, items[-1].id if len(rows) > limit else None)
+
+    def iter(self, thread_id: str, filter: CheckpointFilter | None = None) -> Iterator[Checkpoint]:
+        """Every matching checkpoint, newest first, fetched in pages."""
+        cursor: str | None = None
+        while True:
+            page = self.list(thread_id, filter, limit=200, cursor=cursor)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def scan(
+        self, thread_id: str, filter: CheckpointFilter | None = None, *, limit: int, cursor: str | None = None
+    ) -> list[CheckpointRow]:
+        """Stored rows matching a filter (the backend filters what it can, the rest here)."""
+        f = filter or CheckpointFilter()
+        thread_id = validate_id(thread_id, "thread id")
+        before = validate_checkpoint_id(cursor) if cursor is not None else None
+        residual = bool(f.tags or f.metadata)
+        out: list[CheckpointRow] = []
+        batch = limit if not residual else max(limit * 4, 100)
+        while len(out) < limit:
+            query = RowQuery(
+                kinds=f.kinds,
+                statuses=f.statuses,
+                branch=f.branch,
+                created_after=datetime_to_us(f.created_after) if f.created_after else None,
+                created_before=datetime_to_us(f.created_before) if f.created_before else None,
+                before=before,
+                limit=batch,
+            )
+            rows = self.repository.scan_checkpoints(thread_id, query)
+            for row in rows:
+                if not residual or self._matches(row, f):
+                    out.append(row)
+                    if len(out) >= limit:
+                        break
+            if len(rows) < batch:
+                break
+            before = rows[-1].id
+        return out
+
+    def _matches(self, row: CheckpointRow, f: CheckpointFilter) -> bool:
+        header = self._decode_header(row.header)
+        if f.tags and not f.tags <= set(header.get("tags", ())):
+            return False
+        metadata = header.get("metadata", {})
+        return all(key in metadata and _same(metadata[key], value) for key, value in f.metadata.items())
+
+    def history(self, thread_id: str, branch: str = DEFAULT_BRANCH, *, limit: int = 50, cursor: str | None = None) -> Page[Checkpoint]:
+        """A branch's history: its head and first-parent ancestors, newest first."""
+        _check_limit(limit)
+        start = validate_checkpoint_id(cursor) if cursor else self.repository.get_branch(
+            validate_id(thread_id, "thread id"), validate_name(branch, "branch")
+        ).head
+        if start is None:
+            return Page([], None)
+        rows = self.repository.walk_lineage(start, limit=limit + 1)
+        items = [self._checkpoint(r) for r in rows[:limit]]
+        return Page(items, rows[limit].id if len(rows) > limit else None)
+
+    def find(self, prefix: str) -> str:
+        """Resolve a unique id prefix to a full checkpoint id (like git).
+
+        Raises:
+            NotFound: nothing starts with the prefix.
+            InvalidInput: the prefix is ambiguous (message lists candidates).
+        """
+        if not isinstance(prefix, str) or not prefix:
+            raise InvalidInput("checkpoint id prefix must be a non-empty string")
+        matches = self.repository.find_checkpoints(prefix.lower(), limit=6)
+        if not matches:
+            raise NotFound(f"no checkpoint id starts with {prefix!r}")
+        if len(matches) > 1 and prefix.lower() not in matches:
+            raise InvalidInput(f"checkpoint id prefix {prefix!r} is ambiguous: " + ", ".join(matches[:5]))
+        return prefix.lower() if prefix.lower() in matches else matches[0]
+
+    # ------------------------------------------------------------ lifecycle
+
+    def set_expiry(self, checkpoint_id: str, expires_at: datetime | None) -> Checkpoint:
+        """Set (or clear, with None) when a checkpoint expires. Raises NotFound."""
+        cid = validate_checkpoint_id(checkpoint_id)
+        row = self.repository.get_checkpoint(cid)
+        update = LifecycleUpdate(expires_at=datetime_to_us(expires_at) if expires_at else None)
+        if row.status is CheckpointStatus.EXPIRED and (expires_at is None or datetime_to_us(expires_at) > now_us()):
+            update = LifecycleUpdate(status=CheckpointStatus.ACTIVE, expires_at=update.expires_at)
+        self.repository.update_checkpoints([cid], update)
+        return self.get(cid)
+
+    def extend_expiry(self, checkpoint_id: str, by: timedelta) -> Checkpoint:
+        """Push a checkpoint's expiry later by ``by`` (from now if it had none)."""
+        if by <= timedelta(0):
+            raise InvalidInput(f"extend_expiry needs a positive duration, got {by}")
+        current = self.get(checkpoint_id)
+        base = current.expires_at or us_to_datetime(now_us())
+        return self.set_expiry(current.id, base + by)
+
+    def archive(self, checkpoint_id: str) -> Checkpoint:
+        """Mark a checkpoint archived: kept and readable, excluded from restores. Raises NotFound."""
+        cid = validate_checkpoint_id(checkpoint_id)
+        self.repository.get_checkpoint(cid)
+        self.repository.update_checkpoints([cid], LifecycleUpdate(status=CheckpointStatus.ARCHIVED))
+        return self.get(cid)
+
+    def set_tags(self, checkpoint_id: str, tags: Sequence[str]) -> Checkpoint:
+        """Replace a checkpoint's tags (tags are lifecycle data; state never changes)."""
+        return self._update_header(checkpoint_id, tags=_check_tags(tags))
+
+    def set_protected(self, checkpoint_id: str, protected: bool) -> Checkpoint:
+        """Protect or unprotect a milestone from retention."""
+        checkpoint = self.get(checkpoint_id)
+        if checkpoint.milestone is None:
+            raise InvalidInput(f"checkpoint {checkpoint.id} is not a milestone; only milestones are protected")
+        return self._update_header(checkpoint.id, protected=protected)
+
+    def count_restore(self, checkpoint_id: str) -> None:
+        """Add one to a checkpoint's restore count."""
+        self.repository.update_checkpoints([checkpoint_id], LifecycleUpdate(restore_delta=1))
+
+    def _update_header(self, checkpoint_id: str, **changes: Any) -> Checkpoint:
+        cid = validate_checkpoint_id(checkpoint_id)
+        row = self.repository.get_checkpoint(cid)
+        header = self._decode_header(row.header)
+        header.update(changes)
+        if header.get("protected") is True:
+            header.pop("protected")
+        self.repository.update_checkpoints([cid], LifecycleUpdate(header=self._encode_header(**header)))
+        return self.get(cid)
+
+    def delete(self, checkpoint_ids: Sequence[str]) -> int:
+        """Delete checkpoints; survivors are re-linked to their nearest surviving
+        ancestor and unreferenced bytes are collected. Returns how many were deleted."""
+        by_thread: dict[str, list[str]] = {}
+        for raw in checkpoint_ids:
+            row = self.repository.get_checkpoint(validate_checkpoint_id(raw))
+            by_thread.setdefault(row.thread_id, []).append(row.id)
+        for thread_id, ids in by_thread.items():
+            self.repository.delete_checkpoints(thread_id, ids)
+            self._caches.forget_thread(thread_id)
+        return sum(len(ids) for ids in by_thread.values())
+
+    def expire_due(self, now: datetime | None = None) -> list[str]:
+        """Mark active checkpoints past their expiry as expired; returns their ids."""
+        moment = datetime_to_us(now) if now else now_us()
+        expired: list[str] = []
+        while True:
+            due = self.repository.due_for_expiry(moment, limit=1000)
+            if not due:
+                return expired
+            self.repository.update_checkpoints(due, LifecycleUpdate(status=CheckpointStatus.EXPIRED))
+            expired.extend(due)
+
+    def cleanup_expired(self, *, dry_run: bool = False, now: datetime | None = None) -> CleanupReport:
+        """Expire what is due, then delete expired checkpoints except branch heads and
+        protected milestones, one transaction per thread. A dry run changes nothing
+        and reports exactly what a real run would remove."""
+        moment = datetime_to_us(now) if now else now_us()
+        due = self.repository.due_for_expiry(moment, limit=1_000_000)
+        if not dry_run and due:
+            self.repository.update_checkpoints(due, LifecycleUpdate(status=CheckpointStatus.EXPIRED))
+        rows_by_thread: dict[str, dict[str, CheckpointRow]] = {}
+        for row in (self.repository.get_checkpoint(cid) for cid in due):
+            rows_by_thread.setdefault(row.thread_id, {})[row.id] = row
+        expired_only = CheckpointFilter(statuses=frozenset({CheckpointStatus.EXPIRED}))
+        for thread in self._all_threads():
+            for row in self.scan(thread.id, expired_only, limit=100_000):
+                rows_by_thread.setdefault(thread.id, {})[row.id] = row
+        candidates: dict[str, list[str]] = {}
+        for thread_id, rows in rows_by_thread.items():
+            heads = {b.head for b in self.repository.list_branches(thread_id)}
+            chosen = [cid for cid, row in rows.items() if cid not in heads and not self._checkpoint(row).protected]
+            if chosen:
+                candidates[thread_id] = sorted(chosen)
+        freed = 0
+        if not dry_run:
+            for thread_id, ids in candidates.items():
+                freed += self.repository.delete_checkpoints(thread_id, ids).bytes
+                self._caches.forget_thread(thread_id)
+            if candidates:
+                self.repository.reclaim_space()
+        deleted = [cid for ids in candidates.values() for cid in ids]
+        return CleanupReport(dry_run=dry_run, expired=due, deleted=deleted, freed_bytes=freed)
+
+    def _all_threads(self) -> Iterator[ThreadRow]:
+        after: str | None = None
+        while True:
+            rows = self.repository.list_threads(after=after, limit=500)
+            yield from rows
+            if len(rows) < 500:
+                return
+            after = rows[-1].id
+
+    # ------------------------------------------------------------ statistics
+
+    def stats(self, thread_ids: Sequence[str] | None = None) -> Stats:
+        """Counts by kind and status, logical and stored bytes, oldest/newest,
+        restores, branches and milestones, computed by queries (states are not read)."""
+        ids = [validate_id(t, "thread id") for t in thread_ids] if thread_ids is not None else None
+        row = self.repository.stats(ids)
+        return Stats(
+            threads=row.threads,
+            checkpoints=row.checkpoints,
+            by_kind={k.value: row.by_kind.get(k.value, 0) for k in CheckpointKind},
+            by_status={s.value: row.by_status.get(s.value, 0) for s in CheckpointStatus},
+            logical_bytes=row.logical_bytes,
+            stored_bytes=row.stored_bytes,
+            oldest=us_to_datetime(row.oldest) if row.oldest is not None else None,
+            newest=us_to_datetime(row.newest) if row.newest is not None else None,
+            restores=row.restores,
+            branches=row.branches,
+            milestones=row.milestones,
+        )
+
+    # ------------------------------------------------------------ async twins (one implementation)
+
+    acreate_thread = asyncify(create_thread)
+    aget_thread = asyncify(get_thread)
+    alist_threads = asyncify(list_threads)
+    adelete_thread = asyncify(delete_thread)
+    acreate = asyncify(create)
+    aget = asyncify(get)
+    alatest = asyncify(latest)
+    aget_state = asyncify(get_state)
+    alist = asyncify(list)
+    ahistory = asyncify(history)
+    adelete = asyncify(delete)
+    aset_expiry = asyncify(set_expiry)
+    aarchive = asyncify(archive)
+    acleanup_expired = asyncify(cleanup_expired)
+    astats = asyncify(stats)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _random_list_id() -> int:
+    return secrets.randbits(62) + 1
+
+
+def _check_limit(limit: int) -> None:
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1 or limit > 100_000:
+        raise InvalidInput(f"limit must be an integer between 1 and 100000, got {limit!r}")
+
+
+def _opt_str(value: object, what: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _check_tags(tags: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(tags, str):
+        raise InvalidInput("tags must be a sequence of strings, not a single string")
+    return tuple(dict.fromkeys(validate_id(t, "tag") for t in tags))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Metadata equality that does not confuse True with 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return bool(a == b)
+    return type(a) is type(b) and bool(a == b)

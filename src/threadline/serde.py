@@ -1,0 +1,615 @@
+"""Safe serialization of checkpoint values: msgpack, no pickle, only registered classes load.
+
+Values are encoded with ``ormsgpack`` in one C call; the ``default`` hook only sees what
+msgpack has no native form for and turns it into an extension value (``Ext``). Decoding
+rebuilds only the built-in types below and classes registered on the :class:`Serializer`;
+nothing else is ever imported or called.
+
+Extension codes (a storage format: never renumber, only append)::
+
+    code  type                    payload
+    1     int beyond 64 bits      signed big-endian two's complement, minimal length
+    2     tuple                   msgpack array of the items
+    3     set                     msgpack array of the items, sorted by their encoded bytes
+    4     frozenset               same as set
+    5     dict with non-str keys  msgpack array [k0, v0, k1, v1, ...] in insertion order
+    6     datetime                msgpack [year, month, day, hour, minute, second, microsecond, tz, fold]
+    7     date                    msgpack [year, month, day]
+    8     time                    msgpack [hour, minute, second, microsecond, tz, fold]
+    9     timedelta               msgpack [days, seconds, microseconds]
+    10    UUID                    the 16 raw bytes
+    11    Decimal                 ASCII of ``str(value)`` (exact, keeps exponent, sign and NaN)
+    12    registered class        msgpack [name, data], data = the class's ``to_data(value)``
+
+``tz`` is ``None`` (naive), a ``zoneinfo.ZoneInfo`` key (str), or a fixed UTC offset in
+microseconds (int), restored as ``datetime.timezone(offset)``: other tzinfo classes keep their
+offset but not their class or name.
+
+Lossy on purpose: ``bytearray`` and ``memoryview`` load as ``bytes``. Dict insertion order is
+kept and is part of the encoding, so equal dicts built in different orders encode differently;
+sets are sorted, so equal sets encode equally. Only exact types are accepted: subclasses of
+``str``, ``dict``, ``datetime``... are refused unless registered (enums via
+:meth:`Serializer.register_enum`), never silently downgraded.
+
+Storage framing (:meth:`Serializer.pack`): one flag byte, ``0`` raw payload, ``1`` zstd frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
+
+import ormsgpack
+import zstandard
+
+from threadline.errors import InvalidInput, LimitExceeded, SerializationError
+
+EXT_BIGINT = 1
+EXT_TUPLE = 2
+EXT_SET = 3
+EXT_FROZENSET = 4
+EXT_DICT = 5
+EXT_DATETIME = 6
+EXT_DATE = 7
+EXT_TIME = 8
+EXT_TIMEDELTA = 9
+EXT_UUID = 10
+EXT_DECIMAL = 11
+EXT_OBJECT = 12
+
+FLAG_RAW = 0
+FLAG_ZSTD = 1
+
+DEFAULT_MAX_DECOMPRESSED = 256 * 1024 * 1024
+
+# Everything msgpack cannot express goes through `default`, which refuses what is not registered.
+_OPTIONS = (
+    ormsgpack.OPT_PASSTHROUGH_BIG_INT
+    | ormsgpack.OPT_PASSTHROUGH_DATACLASS
+    | ormsgpack.OPT_PASSTHROUGH_DATETIME
+    | ormsgpack.OPT_PASSTHROUGH_ENUM
+    | ormsgpack.OPT_PASSTHROUGH_SUBCLASS
+    | ormsgpack.OPT_PASSTHROUGH_TUPLE
+    | ormsgpack.OPT_PASSTHROUGH_UUID
+)
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+# ormsgpack refuses more nested containers than this within one packb call.
+_MAX_DEPTH = 255
+_PAIR = b"\x92"
+_MIN_SAVING = 0.9
+_READ_CHUNK = 1 << 20
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+_BASES = (str, int, float, bytes, list, dict, tuple, set, frozenset, dt.date, dt.time, dt.timedelta)
+
+
+def array_header(n: int) -> bytes:
+    """Return the msgpack array header for ``n`` elements.
+
+    Raises InvalidInput when ``n`` is negative and LimitExceeded above 2**32 - 1.
+    """
+    if n < 0:
+        raise InvalidInput(f"array length must be >= 0, got {n}")
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    if n < 1 << 32:
+        return b"\xdd" + n.to_bytes(4, "big")
+    raise LimitExceeded(f"msgpack arrays hold at most 2**32 - 1 items, got {n}")
+
+
+class _Registration(NamedTuple):
+    cls: type
+    name: str
+    to_data: Callable[[Any], Any]
+    from_data: Callable[[Any], Any]
+
+
+# -- built-in extension types ------------------------------------------------------------------
+
+
+def _tz_field(tz: dt.tzinfo | None, offset: dt.timedelta | None) -> int | str | None:
+    if tz is None:
+        return None
+    if isinstance(tz, ZoneInfo) and tz.key:
+        return tz.key
+    if offset is None:
+        raise ValueError(f"tzinfo {tz!r} gives no UTC offset")
+    return offset // _MICROSECOND
+
+
+def _tz_from_field(field: Any) -> dt.tzinfo | None:
+    if field is None:
+        return None
+    if isinstance(field, str):
+        return ZoneInfo(field)
+    if type(field) is int:
+        return dt.timezone(dt.timedelta(microseconds=field))
+    raise ValueError(f"invalid tz field {field!r}")
+
+
+def _encode_bigint(value: int) -> ormsgpack.Ext:
+    return ormsgpack.Ext(EXT_BIGINT, value.to_bytes((value.bit_length() + 8) // 8, "big", signed=True))
+
+
+def _encode_datetime(value: dt.datetime) -> ormsgpack.Ext:
+    tz = _tz_field(value.tzinfo, value.utcoffset())
+    fields = [value.year, value.month, value.day, value.hour, value.minute, value.second]
+    return ormsgpack.Ext(EXT_DATETIME, ormsgpack.packb([*fields, value.microsecond, tz, value.fold]))
+
+
+def _encode_date(value: dt.date) -> ormsgpack.Ext:
+    return ormsgpack.Ext(EXT_DATE, ormsgpack.packb([value.year, value.month, value.day]))
+
+
+def _encode_time(value: dt.time) -> ormsgpack.Ext:
+    tz = _tz_field(value.tzinfo, value.utcoffset())
+    fields = [value.hour, value.minute, value.second, value.microsecond, tz, value.fold]
+    return ormsgpack.Ext(EXT_TIME, ormsgpack.packb(fields))
+
+
+def _encode_timedelta(value: dt.timedelta) -> ormsgpack.Ext:
+    return ormsgpack.Ext(EXT_TIMEDELTA, ormsgpack.packb([value.days, value.seconds, value.microseconds]))
+
+
+def _encode_uuid(value: uuid.UUID) -> ormsgpack.Ext:
+    return ormsgpack.Ext(EXT_UUID, value.bytes)
+
+
+def _encode_decimal(value: Decimal) -> ormsgpack.Ext:
+    return ormsgpack.Ext(EXT_DECIMAL, str(value).encode("ascii"))
+
+
+_ATOMIC_ENCODERS: dict[type, Callable[[Any], ormsgpack.Ext]] = {
+    int: _encode_bigint,
+    dt.datetime: _encode_datetime,
+    dt.date: _encode_date,
+    dt.time: _encode_time,
+    dt.timedelta: _encode_timedelta,
+    uuid.UUID: _encode_uuid,
+    Decimal: _encode_decimal,
+}
+
+
+_BUILTIN_TYPES = frozenset(
+    [type(None), bool, float, str, bytes, bytearray, memoryview, list, dict, tuple, set, frozenset]
+) | frozenset(_ATOMIC_ENCODERS)
+
+
+def _fields(payload: bytes, count: int) -> list[Any]:
+    fields = ormsgpack.unpackb(payload)
+    if type(fields) is not list or len(fields) != count:
+        raise ValueError(f"expected an array of {count} fields")
+    return fields
+
+
+def _decode_datetime(payload: bytes) -> dt.datetime:
+    year, month, day, hour, minute, second, microsecond, tz, fold = _fields(payload, 9)
+    return dt.datetime(year, month, day, hour, minute, second, microsecond, _tz_from_field(tz), fold=fold)
+
+
+def _decode_date(payload: bytes) -> dt.date:
+    return dt.date(*_fields(payload, 3))
+
+
+def _decode_time(payload: bytes) -> dt.time:
+    hour, minute, second, microsecond, tz, fold = _fields(payload, 6)
+    return dt.time(hour, minute, second, microsecond, _tz_from_field(tz), fold=fold)
+
+
+def _decode_timedelta(payload: bytes) -> dt.timedelta:
+    days, seconds, microseconds = _fields(payload, 3)
+    return dt.timedelta(days=days, seconds=seconds, microseconds=microseconds)
+
+
+_ATOMIC_DECODERS: dict[int, Callable[[bytes], Any]] = {
+    EXT_BIGINT: lambda payload: int.from_bytes(payload, "big", signed=True),
+    EXT_DATETIME: _decode_datetime,
+    EXT_DATE: _decode_date,
+    EXT_TIME: _decode_time,
+    EXT_TIMEDELTA: _decode_timedelta,
+    EXT_UUID: lambda payload: uuid.UUID(bytes=payload),
+    EXT_DECIMAL: lambda payload: Decimal(payload.decode("ascii")),
+}
+
+
+# -- registration helpers -----------------------------------------------------------------------
+
+
+def _default_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _dataclass_hooks(cls: type) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    fields = dataclasses.fields(cls)
+    init_names = frozenset(f.name for f in fields if f.init)
+    other_names = frozenset(f.name for f in fields if not f.init)
+
+    def to_data(value: Any) -> dict[str, Any]:
+        # Shallow on purpose: nested dataclasses stay objects and keep their own registration.
+        return {f.name: getattr(value, f.name) for f in fields}
+
+    def from_data(data: Any) -> Any:
+        if type(data) is not dict:
+            raise ValueError(f"expected a dict of fields, got {type(data).__name__}")
+        unknown = data.keys() - init_names - other_names
+        if unknown:
+            raise ValueError(f"unknown fields {sorted(map(str, unknown))}")
+        obj = cls(**{k: v for k, v in data.items() if k in init_names})
+        for key in other_names & data.keys():
+            object.__setattr__(obj, key, data[key])
+        return obj
+
+    return to_data, from_data
+
+
+def _hint(value: Any) -> str:
+    cls = type(value)
+    if dataclasses.is_dataclass(cls):
+        return f"; register it with Serializer.register_dataclass({cls.__qualname__})"
+    if callable(getattr(cls, "model_dump", None)) and callable(getattr(cls, "model_validate", None)):
+        return f"; register it with Serializer.register_pydantic({cls.__qualname__})"
+    if isinstance(value, enum.Enum):
+        return f"; register it with Serializer.register_enum({cls.__qualname__})"
+    for base in _BASES:
+        if isinstance(value, base):
+            return (
+                f"; subclasses of {base.__name__} are not converted implicitly: convert the value to "
+                f"{base.__name__} or register {cls.__qualname__} with Serializer.register"
+            )
+    return f"; register {cls.__qualname__} with Serializer.register(cls, name, to_data, from_data)"
+
+
+# -- the serializer -----------------------------------------------------------------------------
+
+
+class Serializer:
+    """Encode values to msgpack and back, rebuilding only built-in and registered types.
+
+    Thread-safe once registration is done (register everything at start-up).
+    """
+
+    def __init__(
+        self,
+        *,
+        compress_threshold: int | None = 2048,
+        compress_level: int = 3,
+        max_decompressed: int = DEFAULT_MAX_DECOMPRESSED,
+    ) -> None:
+        """Raise InvalidInput for a negative threshold, a zstd level outside -7..22 or a limit < 1."""
+        if compress_threshold is not None and compress_threshold < 0:
+            raise InvalidInput(f"compress_threshold must be >= 0 or None, got {compress_threshold}")
+        if not -7 <= compress_level <= 22:
+            raise InvalidInput(f"compress_level must be between -7 and 22, got {compress_level}")
+        if max_decompressed < 1:
+            raise InvalidInput(f"max_decompressed must be >= 1, got {max_decompressed}")
+        self.compress_threshold = compress_threshold
+        self.compress_level = compress_level
+        self.max_decompressed = max_decompressed
+        self._by_type: dict[type, _Registration] = {}
+        self._by_name: dict[str, _Registration] = {}
+        self._local = threading.local()
+
+    # -- registration
+
+    def register(
+        self, cls: type, name: str, to_data: Callable[[Any], Any], from_data: Callable[[Any], Any]
+    ) -> None:
+        """Register ``cls`` under ``name``: dumped as ``to_data(value)``, loaded by ``from_data(data)``.
+
+        ``to_data`` may return any serializable value. Registering a class again under a new
+        name makes the new name the one written while the old one still loads (for renames).
+        Raises InvalidInput for an empty name, a built-in type, or a name taken by another class.
+        """
+        if not isinstance(cls, type):
+            raise InvalidInput(f"expected a class, got {cls!r}")
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"registration name must be a non-empty str, got {name!r}")
+        if cls in _BUILTIN_TYPES:
+            raise InvalidInput(f"{cls.__qualname__} is serialized natively and cannot be registered")
+        taken = self._by_name.get(name)
+        if taken is not None and taken.cls is not cls:
+            raise InvalidInput(f"name {name!r} is already registered for {_default_name(taken.cls)}")
+        registration = _Registration(cls, name, to_data, from_data)
+        self._by_type[cls] = registration
+        self._by_name[name] = registration
+
+    def register_dataclass(self, cls: type, name: str | None = None) -> None:
+        """Register a dataclass; its fields are stored shallowly, so nested objects need registering too.
+
+        Loading calls ``cls(**init_fields)`` then sets the non-init fields. The name defaults to
+        ``module.QualName``. Raises InvalidInput if ``cls`` is not a dataclass, or as :meth:`register`.
+        """
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise InvalidInput(f"{cls!r} is not a dataclass")
+        to_data, from_data = _dataclass_hooks(cls)
+        self.register(cls, name or _default_name(cls), to_data, from_data)
+
+    def register_pydantic(self, cls: type, name: str | None = None) -> None:
+        """Register a pydantic v2 model: stored as ``model_dump``, loaded by ``model_validate``.
+
+        The name defaults to ``module.QualName``. Raises InvalidInput if ``cls`` lacks
+        ``model_dump``/``model_validate``, or as :meth:`register`.
+        """
+        model_validate = getattr(cls, "model_validate", None)
+        if not isinstance(cls, type) or not callable(getattr(cls, "model_dump", None)):
+            raise InvalidInput(f"{cls!r} is not a pydantic v2 model (no model_dump)")
+        if not callable(model_validate):
+            raise InvalidInput(f"{cls!r} is not a pydantic v2 model (no model_validate)")
+
+        def to_data(value: Any) -> Any:
+            return value.model_dump(mode="python", by_alias=True, round_trip=True)
+
+        self.register(cls, name or _default_name(cls), to_data, model_validate)
+
+    def register_enum(self, cls: type[enum.Enum], name: str | None = None) -> None:
+        """Register an Enum class: stored as its member's value, loaded by ``cls(value)``.
+
+        Raises InvalidInput if ``cls`` is not an Enum, or as :meth:`register`.
+        """
+        if not (isinstance(cls, type) and issubclass(cls, enum.Enum)):
+            raise InvalidInput(f"{cls!r} is not an Enum class")
+        self.register(cls, name or _default_name(cls), lambda member: member.value, cls)
+
+    # -- values
+
+    def dumps(self, value: Any, *, path: str = "value") -> bytes:
+        """Encode ``value`` to msgpack bytes, equal bytes for equal values built the same way.
+
+        Raises SerializationError naming the key path (``path`` is the root's name) of the first
+        value that cannot be encoded, or of a circular reference.
+        """
+        try:
+            return ormsgpack.packb(value, default=self._default, option=_OPTIONS)
+        except Exception:
+            # Rare path: redo it in Python, which knows where it is (and handles non-str keys).
+            return _PathEncoder(self).dumps(value, path)
+
+    def loads(self, data: bytes) -> Any:
+        """Decode bytes made by :meth:`dumps`.
+
+        Raises SerializationError for anything else: malformed msgpack, unknown extension
+        code, unknown registered name, or data a registered class refuses.
+        """
+        decoder = _Decoder(self)
+        try:
+            return ormsgpack.unpackb(data, ext_hook=decoder.hook)
+        except Exception as exc:
+            raise decoder.failure(exc) from None
+
+    def dumps_items(self, items: Sequence[Any], *, path: str = "value") -> list[bytes]:
+        """Encode each item alone: the bytes it has inside ``dumps(list(items))``.
+
+        Raises SerializationError as :meth:`dumps`, with paths ``path[i]...``.
+        """
+        return [self.dumps(item, path=f"{path}[{i}]") for i, item in enumerate(items)]
+
+    def loads_items(self, encoded: Sequence[bytes]) -> list[Any]:
+        """Decode item encodings from :meth:`dumps_items` into a list, in one decoder call.
+
+        Raises SerializationError as :meth:`loads`.
+        """
+        result: list[Any] = self.loads(array_header(len(encoded)) + b"".join(encoded))
+        return result
+
+    # -- storage framing
+
+    def pack(self, data: bytes) -> bytes:
+        """Frame ``data`` for storage: zstd-compressed when long enough and it saves >= 10%."""
+        threshold = self.compress_threshold
+        if threshold is not None and len(data) >= threshold:
+            compressed: bytes = self._compressor().compress(data)
+            if len(compressed) <= len(data) * _MIN_SAVING:
+                return bytes((FLAG_ZSTD,)) + compressed
+        return bytes((FLAG_RAW,)) + data
+
+    def unpack(self, framed: bytes) -> bytes:
+        """Return the payload of a frame made by :meth:`pack`.
+
+        Raises SerializationError for an empty frame, an unknown flag or corrupt zstd data, and
+        LimitExceeded when the payload would decompress beyond ``max_decompressed`` bytes.
+        """
+        if not framed:
+            raise SerializationError("empty frame: no flag byte")
+        flag, payload = framed[0], framed[1:]
+        if flag == FLAG_RAW:
+            return bytes(payload)
+        if flag == FLAG_ZSTD:
+            return self._decompress(bytes(payload))
+        raise SerializationError(f"unknown frame flag {flag}: written by a newer threadline or corrupt")
+
+    # -- internals
+
+    def _default(self, value: Any) -> ormsgpack.Ext:
+        return self._to_ext(value, "", self._pack_fast)
+
+    def _pack_fast(self, value: Any, path: str) -> bytes:
+        return ormsgpack.packb(value, default=self._default, option=_OPTIONS)
+
+    def _to_ext(self, value: Any, path: str, pack: Callable[[Any, str], bytes]) -> ormsgpack.Ext:
+        """Encode one non-native value; ``pack`` encodes nested values (fast, or path-aware)."""
+        cls = type(value)
+        atomic = _ATOMIC_ENCODERS.get(cls)
+        if atomic is not None:
+            return atomic(value)
+        if cls is tuple:
+            return ormsgpack.Ext(EXT_TUPLE, pack(list(value), path))
+        if cls is set or cls is frozenset:
+            items = sorted(pack(item, f"{path}[<set item>]") for item in value)
+            code = EXT_SET if cls is set else EXT_FROZENSET
+            return ormsgpack.Ext(code, array_header(len(items)) + b"".join(items))
+        registration = self._by_type.get(cls)
+        if registration is None:
+            raise SerializationError(
+                f"{path}: object of type {cls.__name__} is not serializable{_hint(value)}"
+            )
+        data = registration.to_data(value)
+        return ormsgpack.Ext(EXT_OBJECT, _PAIR + ormsgpack.packb(registration.name) + pack(data, path))
+
+    def _decode_ext(self, code: int, payload: bytes, unpack: Callable[[bytes], Any]) -> Any:
+        atomic = _ATOMIC_DECODERS.get(code)
+        if atomic is not None:
+            return atomic(payload)
+        if code in (EXT_TUPLE, EXT_SET, EXT_FROZENSET, EXT_DICT, EXT_OBJECT):
+            items = unpack(payload)
+            if type(items) is not list:
+                raise ValueError(f"extension {code} payload is not an array")
+            if code == EXT_TUPLE:
+                return tuple(items)
+            if code == EXT_SET:
+                return set(items)
+            if code == EXT_FROZENSET:
+                return frozenset(items)
+            if code == EXT_DICT:
+                pairs = iter(items)
+                return dict(zip(pairs, pairs, strict=True))
+            return self._rebuild(items)
+        raise SerializationError(f"unknown extension code {code}: written by a newer threadline or corrupt")
+
+    def _rebuild(self, items: list[Any]) -> Any:
+        if len(items) != 2 or type(items[0]) is not str:
+            raise ValueError("registered object payload is not [name, data]")
+        name, data = items
+        registration = self._by_name.get(name)
+        if registration is None:
+            raise SerializationError(f"unknown registered type name {name!r}: register it before loading")
+        try:
+            return registration.from_data(data)
+        except Exception as exc:
+            raise SerializationError(f"cannot rebuild registered type {name!r}: {exc}") from exc
+
+    def _compressor(self) -> Any:
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:  # zstd contexts are not thread-safe: one per thread
+            compressor = self._local.compressor = zstandard.ZstdCompressor(level=self.compress_level)
+        return compressor
+
+    def _decompress(self, payload: bytes) -> bytes:
+        limit = self.max_decompressed
+        try:
+            size = zstandard.frame_content_size(payload)
+            if size > limit:
+                raise LimitExceeded(f"value decompresses to {size} bytes, above the limit of {limit}")
+            decompressor = zstandard.ZstdDecompressor()
+            if size >= 0:
+                result: bytes = decompressor.decompress(payload, allow_extra_data=False)
+                return result
+            # No declared size (not written by us): stream, and stop past the limit.
+            return _read_bounded(decompressor.stream_reader(payload), limit)
+        except zstandard.ZstdError as exc:
+            raise SerializationError(f"corrupt compressed frame: {exc}") from exc
+
+
+def _read_bounded(reader: Any, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    with reader:
+        while chunk := reader.read(_READ_CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise LimitExceeded(f"value decompresses to more than the limit of {limit} bytes")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _PathEncoder:
+    """The slow, path-aware encoder used after the fast path failed; gives identical bytes."""
+
+    def __init__(self, serializer: Serializer) -> None:
+        self._serializer = serializer
+        self._active: set[int] = set()
+
+    def dumps(self, value: Any, path: str) -> bytes:
+        try:
+            return self._pack(value, path)
+        except RecursionError as exc:
+            raise SerializationError(f"{path}: value nested too deeply to serialize") from exc
+
+    def _pack(self, value: Any, path: str) -> bytes:
+        return ormsgpack.packb(self._prepare(value, path, 0), option=_OPTIONS)
+
+    def _prepare(self, value: Any, path: str, depth: int) -> Any:
+        """Return ``value`` with every non-native part replaced by its Ext."""
+        cls = type(value)
+        if cls is str or cls is float or cls is bool or cls is bytes or value is None:
+            return value
+        if cls is int:
+            return value if _INT_MIN <= value <= _INT_MAX else _encode_bigint(value)
+        if cls is bytearray or cls is memoryview:
+            return bytes(value)
+        key = id(value)
+        if key in self._active:
+            raise SerializationError(f"{path}: circular reference (the value contains itself)")
+        self._active.add(key)
+        try:
+            return self._prepare_container(value, path, depth)
+        finally:
+            self._active.discard(key)
+
+    def _prepare_container(self, value: Any, path: str, depth: int) -> Any:
+        cls = type(value)
+        if cls is list or cls is dict:
+            if depth >= _MAX_DEPTH:
+                raise SerializationError(f"{path}: nested deeper than {_MAX_DEPTH} levels")
+            if cls is list:
+                return [self._prepare(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+            if all(type(key) is str for key in value):
+                return {k: self._prepare(v, f"{path}[{k!r}]", depth + 1) for k, v in value.items()}
+            return self._dict_ext(value, path)
+        try:
+            return self._serializer._to_ext(value, path, self._pack)
+        except SerializationError:
+            raise
+        except Exception as exc:
+            raise SerializationError(f"{path}: cannot serialize {cls.__name__}: {exc!r}") from exc
+
+    def _dict_ext(self, value: dict[Any, Any], path: str) -> ormsgpack.Ext:
+        parts: list[bytes] = [array_header(2 * len(value))]
+        for key, item in value.items():
+            parts.append(self._pack(key, f"{path}[<key {key!r}>]"))
+            parts.append(self._pack(item, f"{path}[{key!r}]"))
+        return ormsgpack.Ext(EXT_DICT, b"".join(parts))
+
+
+class _Decoder:
+    """One decoding: remembers the first error of the ext hook, which ormsgpack replaces."""
+
+    __slots__ = ("_serializer", "error")
+
+    def __init__(self, serializer: Serializer) -> None:
+        self._serializer = serializer
+        self.error: Exception | None = None
+
+    def hook(self, code: int, payload: bytes) -> Any:
+        try:
+            return self._serializer._decode_ext(code, payload, self._unpack)
+        except Exception as exc:
+            if self.error is None:
+                self.error = exc
+            raise
+
+    def _unpack(self, payload: bytes) -> Any:
+        return ormsgpack.unpackb(payload, ext_hook=self.hook)
+
+    def failure(self, exc: Exception) -> SerializationError:
+        cause = self.error or exc
+        if isinstance(cause, SerializationError):
+            return cause
+        error = SerializationError(f"cannot decode stored value: {cause}")
+        error.__cause__ = cause
+        return error
+
+
+default_serializer = Serializer()
+"""A serializer with nothing registered: built-in types only."""
+
+__all__ = ["DEFAULT_MAX_DECOMPRESSED", "Serializer", "array_header", "default_serializer"]

@@ -1,0 +1,1 @@
+"""The infrastructure layer: one storage contract (base.py) and its backends."""

@@ -1,0 +1,522 @@
+"""The storage contract: what every backend (memory, SQLite, PostgreSQL) provides.
+
+The contract stores three kinds of immutable data and a few mutable pointers:
+
+* **Checkpoint rows**: one small row per checkpoint: identity, lineage, kind,
+  lifecycle fields, an encoded *header* (title, tags, metadata, ...) and a
+  *manifest* that maps each top-level state key to a :data:`Ref`.
+* **Blobs**: content-addressed values (``blake2b-128`` of the stored bytes),
+  shared by any number of checkpoints and threads. A blob is stored once.
+* **Lists**: append-only item logs keyed by ``(list_id, position)``. A list value
+  of a checkpoint is a :class:`ListRef` "the first *n* items of list *L*". A list may
+  start from a prefix of another list (its *base*), so a fork or a copy shares
+  the prefix; base chains are kept shorter than :data:`MAX_LIST_DEPTH`, so a read
+  follows a bounded number of segments whatever the history length.
+* **Pointers**: branch heads, thread and session rows, lifecycle fields.
+
+Atomicity: every method is one transaction. :meth:`CheckpointRepository.append_checkpoint`
+stores a checkpoint row, its new blobs and list items entirely or not at all, and
+checks the branch head inside the same transaction, so two writers can never
+give two checkpoints the same parent on one branch.
+
+Encoding of values, checksums and the state model belong to the core layer; a
+backend stores bytes and integers and never decodes a value. The shared pure
+helpers at the bottom of this module (manifest codec, lineage relinking, list
+resolution rules) are used by every backend so that they cannot drift.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import ormsgpack
+
+from threadline.errors import IntegrityError
+from threadline.model import CheckpointKind, CheckpointStatus
+
+#: A list's base chain never gets this deep: a write that would go deeper
+#: copies the prefix into a fresh root list instead (rare; bounded reads).
+MAX_LIST_DEPTH: Final = 4
+
+SCHEMA_VERSION: Final = 1
+
+
+# ---------------------------------------------------------------- refs
+
+
+@dataclass(frozen=True, slots=True)
+class InlineRef:
+    """A small value stored inside the manifest itself (framed bytes)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    """A value stored as a content-addressed blob."""
+
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ListRef:
+    """The first ``length`` items of list ``list_id``."""
+
+    list_id: int
+    length: int
+
+
+Ref = InlineRef | BlobRef | ListRef
+Manifest = dict[str, Ref]
+
+
+# ---------------------------------------------------------------- writes
+
+
+@dataclass(frozen=True, slots=True)
+class NewBlob:
+    """A blob the write needs. Stored unless a blob with this hash exists."""
+
+    hash: bytes
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ListAppend:
+    """Items to add to a list so that ``ListRef(list_id, start + len(items))`` holds.
+
+    * ``base is None``: ``list_id`` is a new root list when ``start == 0``, or an
+      existing list that must have exactly ``start`` items and not be sealed.
+    * ``base = (B, n)``: ``list_id`` is a new list whose first ``n`` items are
+      those of list ``B`` (``start == n``).
+
+    When an existing list has moved past ``start`` (another branch appended to
+    the shared log, or the list was trimmed and sealed), the backend does not
+    fail: it creates list ``fork_id`` with base ``(list_id, start)``, stores the
+    items there, and rewrites the manifest's refs to ``list_id`` accordingly.
+    ``crcs[i]`` is the checksum of ``items[i]`` computed by the core.
+    """
+
+    list_id: int
+    start: int
+    items: Sequence[bytes]
+    crcs: Sequence[int]
+    fork_id: int
+    base: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointWrite:
+    """Everything one checkpoint write stores, in one transaction."""
+
+    id: str
+    thread_id: str
+    branch: str
+    kind: CheckpointKind
+    created_at: int
+    expires_at: int | None
+    header: bytes
+    manifest: Manifest
+    blobs: Sequence[NewBlob] = ()
+    lists: Sequence[ListAppend] = ()
+    logical_size: int = 0
+    milestone: str | None = None
+    #: Write with this parent instead of the branch head. Used when a write
+    #: creates a branch (``create_branch=True``) at ``parent_id``.
+    parent_id: str | None = None
+    create_branch: bool = False
+    merge_parent_id: str | None = None
+    restored_from: str | None = None
+
+
+_UNSET: Any = object()
+UNSET: Final[Any] = _UNSET
+
+
+# ---------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    """A stored checkpoint as the backend returns it (times in microseconds)."""
+
+    id: str
+    thread_id: str
+    branch: str
+    parent_id: str | None
+    merge_parent_id: str | None
+    kind: CheckpointKind
+    status: CheckpointStatus
+    created_at: int
+    expires_at: int | None
+    restore_count: int
+    logical_size: int
+    stored_size: int
+    header: bytes
+    manifest: Manifest
+    milestone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadRow:
+    id: str
+    created_at: int
+    session_id: str | None
+    metadata: bytes
+    default_branch: str
+    origin: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class BranchRow:
+    thread_id: str
+    name: str
+    head: str | None
+    created_at: int
+    base: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RowQuery:
+    """The part of a checkpoint filter every backend evaluates natively.
+
+    Rows come newest first (descending id); ``before`` is an exclusive id bound.
+    """
+
+    kinds: frozenset[CheckpointKind] | None = None
+    statuses: frozenset[CheckpointStatus] | None = None
+    branch: str | None = None
+    created_after: int | None = None
+    created_before: int | None = None
+    before: str | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleUpdate:
+    """Fields of a checkpoint that may change after it is written."""
+
+    status: CheckpointStatus | None = None
+    expires_at: int | None | Any = _UNSET
+    header: bytes | None = None
+    restore_delta: int = 0
+    protected: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRow:
+    threads: int
+    checkpoints: int
+    by_kind: dict[str, int]
+    by_status: dict[str, int]
+    logical_bytes: int
+    stored_bytes: int
+    oldest: int | None
+    newest: int | None
+    restores: int
+    branches: int
+    milestones: int
+
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    """What a garbage collection removed."""
+
+    blobs: int = 0
+    list_items: int = 0
+    lists: int = 0
+    bytes: int = 0
+
+
+@dataclass(slots=True)
+class ItemRows:
+    """Stored items of one list prefix, in order, with their checksums."""
+
+    data: list[bytes] = field(default_factory=list)
+    crcs: list[int] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- the contract
+
+
+class CheckpointRepository(abc.ABC):
+    """The storage contract. Every method is atomic; every error is a ThreadlineError.
+
+    Threads are addressed by their public id, checkpoints by their canonical
+    UUID string. Times are integer microseconds since the epoch.
+    Implementations are safe to call from several threads of one process and,
+    for SQLite and PostgreSQL, from several processes at once.
+    """
+
+    url: str
+
+    # ------------------------------------------------------------ lifecycle
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections and files. Idempotent."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """The schema version recorded in the store."""
+
+    # ------------------------------------------------------------ threads
+
+    @abc.abstractmethod
+    def create_thread(
+        self, thread_id: str, *, created_at: int, session_id: str | None, metadata: bytes,
+        origin: bytes | None = None,
+    ) -> ThreadRow:
+        """Create a thread with an empty ``main`` branch.
+
+        Raises:
+            AlreadyExists: a thread with this id exists.
+        """
+
+    @abc.abstractmethod
+    def get_thread(self, thread_id: str) -> ThreadRow:
+        """Raises NotFound when the thread does not exist."""
+
+    @abc.abstractmethod
+    def list_threads(
+        self, *, session_id: str | None = None, after: str | None = None, limit: int = 100
+    ) -> list[ThreadRow]:
+        """Threads ordered by id ascending, strictly after ``after``."""
+
+    @abc.abstractmethod
+    def update_thread(self, thread_id: str, *, metadata: bytes) -> ThreadRow:
+        """Replace a thread's metadata. Raises NotFound."""
+
+    @abc.abstractmethod
+    def delete_thread(self, thread_id: str) -> GcReport:
+        """Delete a thread, its branches, checkpoints and milestones, and collect
+        the blobs and list items no other thread references. Raises NotFound."""
+
+    # ------------------------------------------------------------ branches
+
+    @abc.abstractmethod
+    def get_branch(self, thread_id: str, name: str) -> BranchRow:
+        """Raises NotFound (thread or branch)."""
+
+    @abc.abstractmethod
+    def list_branches(self, thread_id: str) -> list[BranchRow]:
+        """All branches of a thread, ordered by name. Raises NotFound (thread)."""
+
+    # ------------------------------------------------------------ checkpoints
+
+    @abc.abstractmethod
+    def append_checkpoint(self, write: CheckpointWrite, *, expected_head: str | None | Any = UNSET) -> CheckpointRow:
+        """Store one checkpoint and advance its branch head, atomically.
+
+        The new checkpoint's parent is the branch head read inside the
+        transaction (or ``write.parent_id`` when ``write.create_branch``).
+
+        Args:
+            write: the checkpoint, its new blobs and list items.
+            expected_head: when given (``None`` meaning "the branch is empty or
+                does not exist yet"), the branch head must equal it.
+
+        Raises:
+            NotFound: the thread does not exist; or the branch does not exist
+                and ``create_branch`` is false; or a referenced blob or list
+                that this write does not carry is missing (the core retries).
+            Conflict: ``expected_head`` differs from the head (nothing stored),
+                or ``create_branch`` names an existing branch.
+            AlreadyExists: the id exists, or the milestone name is taken.
+        Returns:
+            The stored row (its manifest reflects any list fork the backend made).
+        """
+
+    @abc.abstractmethod
+    def get_checkpoint(self, checkpoint_id: str) -> CheckpointRow:
+        """Raises NotFound."""
+
+    @abc.abstractmethod
+    def find_checkpoints(self, prefix: str, limit: int = 10) -> list[str]:
+        """Ids starting with ``prefix`` (canonical lowercase form), at most ``limit``."""
+
+    @abc.abstractmethod
+    def scan_checkpoints(self, thread_id: str, query: RowQuery) -> list[CheckpointRow]:
+        """A thread's checkpoints matching ``query``, newest first, at most
+        ``query.limit``. Raises NotFound (thread)."""
+
+    @abc.abstractmethod
+    def walk_lineage(self, start_id: str, *, limit: int) -> list[CheckpointRow]:
+        """``start_id`` and its first-parent ancestors, newest first, at most ``limit``
+        rows, in one round trip. Raises NotFound (start)."""
+
+    @abc.abstractmethod
+    def get_blobs(self, hashes: Iterable[bytes]) -> dict[bytes, bytes]:
+        """Stored bytes of the given blobs; missing hashes are absent from the result."""
+
+    @abc.abstractmethod
+    def get_list_items(self, list_id: int, length: int) -> ItemRows:
+        """The first ``length`` items of a list, following its base chain.
+
+        Raises:
+            IntegrityError: the list or some of its items are missing.
+        """
+
+    @abc.abstractmethod
+    def update_checkpoints(self, checkpoint_ids: Sequence[str], update: LifecycleUpdate) -> int:
+        """Apply a lifecycle update to existing checkpoints; returns how many changed."""
+
+    @abc.abstractmethod
+    def delete_checkpoints(self, thread_id: str, checkpoint_ids: Sequence[str]) -> GcReport:
+        """Delete checkpoints of one thread and collect what they alone referenced.
+
+        Survivors whose parent was deleted are re-linked to their nearest
+        surviving ancestor; a branch whose head was deleted moves to it too.
+        Unknown ids are ignored. Raises NotFound (thread).
+        """
+
+    @abc.abstractmethod
+    def due_for_expiry(self, now: int, limit: int = 1000) -> list[str]:
+        """Ids of active checkpoints whose ``expires_at`` is at or before ``now``."""
+
+    @abc.abstractmethod
+    def stats(self, thread_ids: Sequence[str] | None = None) -> StatsRow:
+        """Aggregates over the given threads (all threads when None), by queries."""
+
+    @abc.abstractmethod
+    def collect_garbage(self) -> GcReport:
+        """Remove every blob, list and list item no checkpoint references, store-wide."""
+
+    @abc.abstractmethod
+    def storage_bytes(self) -> int:
+        """Bytes the store occupies, journal flushed first (file size for SQLite,
+        table sizes for PostgreSQL, an estimate of held bytes for memory)."""
+
+    @abc.abstractmethod
+    def reclaim_space(self) -> int:
+        """Give space freed by deletes back to the operating system; returns the
+        bytes given back (0 where the backend frees memory as it goes)."""
+
+
+# ---------------------------------------------------------------- shared helpers
+
+_TAG_INLINE, _TAG_BLOB, _TAG_LIST = 0, 1, 2
+
+
+def encode_manifest(manifest: Mapping[str, Ref]) -> bytes:
+    """The compact stored form of a manifest (msgpack: key -> [tag, ...])."""
+    out: dict[str, list[Any]] = {}
+    for key, ref in manifest.items():
+        if isinstance(ref, InlineRef):
+            out[key] = [_TAG_INLINE, ref.data]
+        elif isinstance(ref, BlobRef):
+            out[key] = [_TAG_BLOB, ref.hash]
+        else:
+            out[key] = [_TAG_LIST, ref.list_id, ref.length]
+    return ormsgpack.packb(out)
+
+
+def decode_manifest(raw: bytes, checkpoint_id: str = "?") -> Manifest:
+    """Inverse of :func:`encode_manifest`. Raises IntegrityError on malformed bytes."""
+    try:
+        data = ormsgpack.unpackb(raw)
+        manifest: Manifest = {}
+        for key, entry in data.items():
+            tag = entry[0]
+            if tag == _TAG_INLINE:
+                manifest[key] = InlineRef(bytes(entry[1]))
+            elif tag == _TAG_BLOB:
+                manifest[key] = BlobRef(bytes(entry[1]))
+            elif tag == _TAG_LIST:
+                manifest[key] = ListRef(int(entry[1]), int(entry[2]))
+            else:
+                raise ValueError(f"unknown tag {tag}")
+        return manifest
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, ormsgpack.MsgpackDecodeError) as exc:
+        raise IntegrityError(f"checkpoint {checkpoint_id}: manifest is corrupt ({exc})") from None
+
+
+def manifest_refs(manifest: Mapping[str, Ref]) -> tuple[set[bytes], dict[int, int]]:
+    """Blob hashes and, per list id, the longest prefix the manifest references."""
+    blobs: set[bytes] = set()
+    lists: dict[int, int] = {}
+    for ref in manifest.values():
+        if isinstance(ref, BlobRef):
+            blobs.add(ref.hash)
+        elif isinstance(ref, ListRef):
+            lists[ref.list_id] = max(lists.get(ref.list_id, 0), ref.length)
+    return blobs, lists
+
+
+def rewrite_list_ids(manifest: Manifest, renames: Mapping[int, int]) -> Manifest:
+    """The manifest with list ids replaced after a backend forked a list."""
+    if not renames:
+        return manifest
+    return {
+        key: ListRef(renames[ref.list_id], ref.length) if isinstance(ref, ListRef) and ref.list_id in renames else ref
+        for key, ref in manifest.items()
+    }
+
+
+def relink(parents: Mapping[str, tuple[str | None, str | None]], deleted: set[str]) -> dict[str, tuple[str | None, str | None]]:
+    """New (parent, merge_parent) of survivors whose parents are being deleted.
+
+    ``parents`` maps every checkpoint id of a thread to its two parents. A
+    survivor's parent becomes its nearest surviving first-parent ancestor.
+    """
+
+    changes: dict[str, tuple[str | None, str | None]] = {}
+    for cid, (parent, merge_parent) in parents.items():
+        if cid in deleted:
+            continue
+        new_parent = nearest_survivor(parents, parent, deleted)
+        new_merge = nearest_survivor(parents, merge_parent, deleted)
+        if (new_parent, new_merge) != (parent, merge_parent):
+            changes[cid] = (new_parent, new_merge)
+    return changes
+
+
+def nearest_survivor(parents: Mapping[str, tuple[str | None, str | None]], start: str | None, deleted: set[str]) -> str | None:
+    """The first ancestor-or-self of ``start`` that is not deleted."""
+    steps = 0
+    while start is not None and start in deleted:
+        start = parents.get(start, (None, None))[0]
+        steps += 1
+        if steps > len(parents):
+            raise IntegrityError("checkpoint lineage contains a cycle")
+    return start
+
+
+@dataclass(frozen=True, slots=True)
+class ListInfo:
+    """A stored list: its base and how many items it holds (base prefix included)."""
+
+    list_id: int
+    base_id: int | None
+    base_len: int
+    length: int
+
+
+def plan_list_gc(lists: Mapping[int, ListInfo], needs: Mapping[int, int]) -> tuple[list[int], dict[int, int]]:
+    """Decide which of a thread's lists to drop and which to trim.
+
+    Args:
+        lists: the lists the thread owns.
+        needs: per list id, the longest prefix something references (the
+            thread's manifests and lists of other threads built on these).
+    Returns:
+        (lists to delete, {list id: new length} for lists to trim and seal).
+    """
+    need = dict(needs)
+    changed = True
+    while changed:
+        changed = False
+        for list_id, length in list(need.items()):
+            info = lists.get(list_id)
+            if info is None or info.base_id is None or length <= 0:
+                continue
+            wanted = min(length, info.base_len)
+            if need.get(info.base_id, 0) < wanted:
+                need[info.base_id] = wanted
+                changed = True
+    drop = [lid for lid in lists if need.get(lid, 0) <= 0]
+    trim = {lid: need[lid] for lid, info in lists.items() if 0 < need.get(lid, 0) < info.length}
+    return drop, trim

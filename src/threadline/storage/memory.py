@@ -1,0 +1,502 @@
+"""Memory backend: the storage contract in process memory.
+
+A product backend (tests, short-lived runs, caches) and the test fake for the
+upper layers. One lock makes every method atomic; a write validates
+everything before it changes anything, so a failed write leaves no trace.
+"""
+
+from __future__ import annotations
+
+import bisect
+import secrets
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from threadline.errors import AlreadyExists, Conflict, IntegrityError, NotFound, StaleReference, StorageError
+from threadline.model import DEFAULT_BRANCH, CheckpointStatus
+from threadline.storage.base import (
+    MAX_LIST_DEPTH,
+    SCHEMA_VERSION,
+    UNSET,
+    BranchRow,
+    CheckpointRepository,
+    CheckpointRow,
+    CheckpointWrite,
+    GcReport,
+    ItemRows,
+    LifecycleUpdate,
+    ListInfo,
+    ListRef,
+    RowQuery,
+    StatsRow,
+    ThreadRow,
+    encode_manifest,
+    manifest_refs,
+    nearest_survivor,
+    plan_list_gc,
+    relink,
+    rewrite_list_ids,
+)
+
+
+@dataclass
+class _List:
+    owner: str
+    base_id: int | None
+    base_len: int
+    depth: int
+    items: list[tuple[int, bytes]] = field(default_factory=list)  # own items from position base_len
+    sealed: bool = False
+
+    @property
+    def length(self) -> int:
+        return self.base_len + len(self.items)
+
+
+@dataclass
+class _Thread:
+    row: ThreadRow
+    ids: list[str] = field(default_factory=list)  # checkpoint ids, ascending
+    branches: dict[str, BranchRow] = field(default_factory=dict)
+    blobs: set[bytes] = field(default_factory=set)
+
+
+class MemoryRepository(CheckpointRepository):
+    """The storage contract in memory (lost when the process ends)."""
+
+    def __init__(self) -> None:
+        self.url = "memory://"
+        self._lock = threading.RLock()
+        self._threads: dict[str, _Thread] = {}
+        self._checkpoints: dict[str, CheckpointRow] = {}
+        self._blobs: dict[bytes, bytes] = {}
+        self._lists: dict[int, _List] = {}
+        self._closed = False
+
+    def close(self) -> None:
+        self._closed = True
+
+    def schema_version(self) -> int:
+        return SCHEMA_VERSION
+
+    def _thread(self, thread_id: str) -> _Thread:
+        if self._closed:
+            raise StorageError("store memory:// is closed")
+        thread = self._threads.get(thread_id)
+        if thread is None:
+            raise NotFound(f"thread {thread_id!r} does not exist")
+        return thread
+
+    # ------------------------------------------------------------ threads
+
+    def create_thread(
+        self, thread_id: str, *, created_at: int, session_id: str | None, metadata: bytes,
+        origin: bytes | None = None,
+    ) -> ThreadRow:
+        with self._lock:
+            if thread_id in self._threads:
+                raise AlreadyExists(f"thread {thread_id!r} already exists")
+            row = ThreadRow(thread_id, created_at, session_id, metadata, DEFAULT_BRANCH, origin)
+            thread = _Thread(row)
+            thread.branches[DEFAULT_BRANCH] = BranchRow(thread_id, DEFAULT_BRANCH, None, created_at, None)
+            self._threads[thread_id] = thread
+            return row
+
+    def get_thread(self, thread_id: str) -> ThreadRow:
+        with self._lock:
+            return self._thread(thread_id).row
+
+    def list_threads(
+        self, *, session_id: str | None = None, after: str | None = None, limit: int = 100
+    ) -> list[ThreadRow]:
+        with self._lock:
+            rows = sorted(
+                (t.row for t in self._threads.values()
+                 if (session_id is None or t.row.session_id == session_id) and t.row.id > (after or "")),
+                key=lambda r: r.id,
+            )
+            return rows[:limit]
+
+    def update_thread(self, thread_id: str, *, metadata: bytes) -> ThreadRow:
+        with self._lock:
+            thread = self._thread(thread_id)
+            thread.row = replace(thread.row, metadata=metadata)
+            return thread.row
+
+    def delete_thread(self, thread_id: str) -> GcReport:
+        with self._lock:
+            thread = self._thread(thread_id)
+            for cid in thread.ids:
+                del self._checkpoints[cid]
+            thread.ids.clear()
+            del self._threads[thread_id]
+            return self._gc_thread(thread)
+
+    # ------------------------------------------------------------ branches
+
+    def get_branch(self, thread_id: str, name: str) -> BranchRow:
+        with self._lock:
+            branch = self._thread(thread_id).branches.get(name)
+            if branch is None:
+                raise NotFound(f"branch {name!r} does not exist in thread {thread_id!r}")
+            return branch
+
+    def list_branches(self, thread_id: str) -> list[BranchRow]:
+        with self._lock:
+            return sorted(self._thread(thread_id).branches.values(), key=lambda b: b.name)
+
+    # ------------------------------------------------------------ lists
+
+    def _list_length(self, list_id: int) -> int | None:
+        lst = self._lists.get(list_id)
+        return lst.length if lst else None
+
+    def _new_list_id(self, taken: set[int]) -> int:
+        while True:
+            candidate = secrets.randbits(62) + 1
+            if candidate not in self._lists and candidate not in taken:
+                return candidate
+
+    def _segments(self, list_id: int, length: int) -> list[tuple[_List, int, int]]:
+        out: list[tuple[_List, int, int]] = []
+        current: int | None = list_id
+        end = length
+        hops = 0
+        while current is not None and end > 0:
+            lst = self._lists.get(current)
+            if lst is None:
+                raise IntegrityError(f"list {current} is missing from the store")
+            lo = lst.base_len if lst.base_id is not None else 0
+            if end > lo:
+                out.append((lst, lo, end))
+            end = min(end, lo)
+            current = lst.base_id
+            hops += 1
+            if hops > MAX_LIST_DEPTH + 2:
+                raise IntegrityError(f"list {list_id} has a base chain deeper than {MAX_LIST_DEPTH}")
+        out.reverse()
+        return out
+
+    def _derived(self, owner: str, base_id: int, base_len: int) -> _List:
+        base = self._lists.get(base_id)
+        if base is None or base.length < base_len:
+            raise StaleReference(f"list {base_id} with {base_len} items does not exist")
+        if base.depth + 1 < MAX_LIST_DEPTH:
+            return _List(owner, base_id, base_len, base.depth + 1)
+        flat = _List(owner, None, 0, 0)
+        for lst, lo, hi in self._segments(base_id, base_len):
+            flat.items.extend(lst.items[lo - lst.base_len : hi - lst.base_len])
+        return flat
+
+    # ------------------------------------------------------------ checkpoints
+
+    def append_checkpoint(self, write: CheckpointWrite, *, expected_head: str | None | Any = UNSET) -> CheckpointRow:
+        with self._lock:
+            thread = self._thread(write.thread_id)
+            branch = thread.branches.get(write.branch)
+            if write.create_branch:
+                if branch is not None:
+                    raise Conflict(f"branch {write.branch!r} already exists in thread {write.thread_id!r}")
+                parent = write.parent_id
+                if parent is not None and (
+                    parent not in self._checkpoints or self._checkpoints[parent].thread_id != write.thread_id
+                ):
+                    raise NotFound(f"checkpoint {parent} does not exist in thread {write.thread_id!r}")
+                head = None
+            else:
+                if branch is None:
+                    raise NotFound(f"branch {write.branch!r} does not exist in thread {write.thread_id!r}")
+                head = parent = branch.head
+            if expected_head is not UNSET and expected_head != head:
+                raise Conflict(
+                    f"branch {write.branch!r} of thread {write.thread_id!r} moved: expected head "
+                    f"{expected_head}, found {head}; nothing was stored",
+                    expected=expected_head,
+                    actual=head,
+                )
+            if write.id in self._checkpoints:
+                raise AlreadyExists(f"checkpoint {write.id} already exists")
+            if write.milestone is not None and any(
+                self._checkpoints[c].milestone == write.milestone for c in thread.ids
+            ):
+                raise AlreadyExists(f"milestone {write.milestone!r} already exists in thread {write.thread_id!r}")
+
+            # Plan every change first; apply only when nothing can fail any more.
+            new_lists: dict[int, _List] = {}
+            appends: list[tuple[_List, list[tuple[int, bytes]]]] = []
+            renames: dict[int, int] = {}
+            stored = 0
+            for la in write.lists:
+                items = list(zip(la.crcs, la.items, strict=True))
+                stored += sum(len(d) for d in la.items)
+                if la.base is not None:
+                    lst = self._derived(write.thread_id, *la.base)
+                    new_lists[la.list_id] = lst
+                    lst.items.extend(items)
+                    continue
+                existing = self._lists.get(la.list_id)
+                if existing is None:
+                    if la.start != 0:
+                        raise StaleReference(f"list {la.list_id} does not exist")
+                    new_lists[la.list_id] = _List(write.thread_id, None, 0, 0, items)
+                    continue
+                if existing.length < la.start:
+                    raise StaleReference(f"list {la.list_id} has {existing.length} items, fewer than {la.start}")
+                if existing.sealed or existing.length != la.start or existing.owner != write.thread_id:
+                    fork_id = self._new_list_id(set(new_lists))
+                    lst = self._derived(write.thread_id, la.list_id, la.start)
+                    lst.items.extend(items)
+                    new_lists[fork_id] = lst
+                    renames[la.list_id] = fork_id
+                else:
+                    appends.append((existing, items))
+            carried = {la.list_id for la in write.lists}
+            manifest = rewrite_list_ids(write.manifest, renames)
+            for key, ref in list(manifest.items()):
+                if not isinstance(ref, ListRef) or ref.list_id in carried or ref.list_id in renames.values():
+                    continue
+                lst_ref = self._lists.get(ref.list_id)
+                if lst_ref is None or lst_ref.length < ref.length:
+                    raise StaleReference(f"list {ref.list_id} with {ref.length} items does not exist")
+                if lst_ref.owner != write.thread_id:
+                    derived_id = self._new_list_id(set(new_lists))
+                    new_lists[derived_id] = self._derived(write.thread_id, ref.list_id, ref.length)
+                    manifest[key] = ListRef(derived_id, ref.length)
+            blob_refs, _ = manifest_refs(manifest)
+            carried_blobs = {b.hash: b.data for b in write.blobs}
+            for digest in blob_refs:
+                if digest not in carried_blobs and digest not in self._blobs:
+                    raise StaleReference(f"blob {digest.hex()} does not exist")
+            manifest_bytes = encode_manifest(manifest)
+            for digest, data in carried_blobs.items():
+                if digest not in self._blobs:
+                    stored += len(data)
+            stored += len(manifest_bytes) + len(write.header)
+            row = CheckpointRow(
+                id=write.id, thread_id=write.thread_id, branch=write.branch, parent_id=parent,
+                merge_parent_id=write.merge_parent_id, kind=write.kind, status=CheckpointStatus.ACTIVE,
+                created_at=write.created_at, expires_at=write.expires_at, restore_count=0,
+                logical_size=write.logical_size, stored_size=stored, header=write.header,
+                manifest=manifest, milestone=write.milestone,
+            )
+            # Apply.
+            for digest, data in carried_blobs.items():
+                self._blobs.setdefault(digest, data)
+            thread.blobs |= blob_refs
+            self._lists.update(new_lists)
+            for lst, items in appends:
+                lst.items.extend(items)
+            self._checkpoints[write.id] = row
+            bisect.insort(thread.ids, write.id)
+            if write.create_branch:
+                thread.branches[write.branch] = BranchRow(
+                    write.thread_id, write.branch, write.id, write.created_at, write.parent_id
+                )
+            else:
+                assert branch is not None
+                thread.branches[write.branch] = replace(branch, head=write.id)
+            return row
+
+    def get_checkpoint(self, checkpoint_id: str) -> CheckpointRow:
+        with self._lock:
+            row = self._checkpoints.get(checkpoint_id)
+            if row is None:
+                raise NotFound(f"checkpoint {checkpoint_id} does not exist")
+            return row
+
+    def find_checkpoints(self, prefix: str, limit: int = 10) -> list[str]:
+        with self._lock:
+            return sorted(c for c in self._checkpoints if c.replace("-", "").startswith(prefix.replace("-", "").lower()))[:limit]
+
+    def scan_checkpoints(self, thread_id: str, query: RowQuery) -> list[CheckpointRow]:
+        with self._lock:
+            thread = self._thread(thread_id)
+            end = bisect.bisect_left(thread.ids, query.before) if query.before is not None else len(thread.ids)
+            out: list[CheckpointRow] = []
+            for cid in reversed(thread.ids[:end]):
+                row = self._checkpoints[cid]
+                if (
+                    (query.branch is None or row.branch == query.branch)
+                    and (query.kinds is None or row.kind in query.kinds)
+                    and (query.statuses is None or row.status in query.statuses)
+                    and (query.created_after is None or row.created_at >= query.created_after)
+                    and (query.created_before is None or row.created_at <= query.created_before)
+                ):
+                    out.append(row)
+                    if len(out) >= query.limit:
+                        break
+            return out
+
+    def walk_lineage(self, start_id: str, *, limit: int) -> list[CheckpointRow]:
+        with self._lock:
+            out: list[CheckpointRow] = []
+            current: str | None = start_id
+            while current is not None and len(out) < limit:
+                row = self._checkpoints.get(current)
+                if row is None:
+                    if not out:
+                        raise NotFound(f"checkpoint {start_id} does not exist")
+                    break
+                out.append(row)
+                current = row.parent_id
+            return out
+
+    def get_blobs(self, hashes: Iterable[bytes]) -> dict[bytes, bytes]:
+        with self._lock:
+            return {h: self._blobs[h] for h in set(hashes) if h in self._blobs}
+
+    def get_list_items(self, list_id: int, length: int) -> ItemRows:
+        with self._lock:
+            out = ItemRows()
+            for lst, lo, hi in self._segments(list_id, length):
+                chunk = lst.items[lo - lst.base_len : hi - lst.base_len]
+                if len(chunk) != hi - lo:
+                    raise IntegrityError(f"list {list_id} is missing items in positions {lo}..{hi - 1}")
+                out.crcs.extend(crc for crc, _ in chunk)
+                out.data.extend(data for _, data in chunk)
+            return out
+
+    def update_checkpoints(self, checkpoint_ids: Sequence[str], update: LifecycleUpdate) -> int:
+        with self._lock:
+            changed = 0
+            for cid in checkpoint_ids:
+                row = self._checkpoints.get(cid)
+                if row is None:
+                    continue
+                changes: dict[str, Any] = {}
+                if update.status is not None:
+                    changes["status"] = update.status
+                if update.expires_at is not UNSET:
+                    changes["expires_at"] = update.expires_at
+                if update.header is not None:
+                    changes["header"] = update.header
+                if update.restore_delta:
+                    changes["restore_count"] = row.restore_count + update.restore_delta
+                if changes:
+                    self._checkpoints[cid] = replace(row, **changes)
+                    changed += 1
+            return changed
+
+    def delete_checkpoints(self, thread_id: str, checkpoint_ids: Sequence[str]) -> GcReport:
+        with self._lock:
+            thread = self._thread(thread_id)
+            parents = {
+                cid: (self._checkpoints[cid].parent_id, self._checkpoints[cid].merge_parent_id) for cid in thread.ids
+            }
+            deleted = {cid for cid in checkpoint_ids if cid in parents}
+            if not deleted:
+                return GcReport()
+            for cid, (parent, merge) in relink(parents, deleted).items():
+                self._checkpoints[cid] = replace(self._checkpoints[cid], parent_id=parent, merge_parent_id=merge)
+            for name, branch in list(thread.branches.items()):
+                if branch.head in deleted:
+                    thread.branches[name] = replace(branch, head=nearest_survivor(parents, branch.head, deleted))
+            for cid in deleted:
+                del self._checkpoints[cid]
+            thread.ids = [c for c in thread.ids if c not in deleted]
+            return self._gc_thread(thread)
+
+    def due_for_expiry(self, now: int, limit: int = 1000) -> list[str]:
+        with self._lock:
+            due = sorted(
+                (r.expires_at, r.id) for r in self._checkpoints.values()
+                if r.expires_at is not None and r.expires_at <= now and r.status is CheckpointStatus.ACTIVE
+            )
+            return [cid for _, cid in due[:limit]]
+
+    def stats(self, thread_ids: Sequence[str] | None = None) -> StatsRow:
+        with self._lock:
+            threads = [self._thread(t) for t in thread_ids] if thread_ids is not None else list(self._threads.values())
+            rows = [self._checkpoints[c] for t in threads for c in t.ids]
+            by_kind: dict[str, int] = {}
+            by_status: dict[str, int] = {}
+            for r in rows:
+                by_kind[r.kind.value] = by_kind.get(r.kind.value, 0) + 1
+                by_status[r.status.value] = by_status.get(r.status.value, 0) + 1
+            return StatsRow(
+                threads=len(threads), checkpoints=len(rows), by_kind=by_kind, by_status=by_status,
+                logical_bytes=sum(r.logical_size for r in rows), stored_bytes=sum(r.stored_size for r in rows),
+                oldest=min((r.created_at for r in rows), default=None),
+                newest=max((r.created_at for r in rows), default=None),
+                restores=sum(r.restore_count for r in rows),
+                branches=sum(len(t.branches) for t in threads),
+                milestones=sum(1 for r in rows if r.milestone is not None),
+            )
+
+    # ------------------------------------------------------------ garbage collection
+
+    def _gc_thread(self, thread: _Thread) -> GcReport:
+        tid = thread.row.id
+        blob_refs: set[bytes] = set()
+        needs: dict[int, int] = {}
+        for cid in thread.ids:
+            blobs, lists = manifest_refs(self._checkpoints[cid].manifest)
+            blob_refs |= blobs
+            for lid, n in lists.items():
+                needs[lid] = max(needs.get(lid, 0), n)
+        owned = {
+            lid: ListInfo(lid, lst.base_id, lst.base_len, lst.length)
+            for lid, lst in self._lists.items() if lst.owner == tid
+        }
+        for lst in self._lists.values():
+            if lst.base_id in owned and lst.owner != tid:
+                needs[lst.base_id] = max(needs.get(lst.base_id, 0), lst.base_len)
+        report = self._drop_lists(owned, needs)
+        dropped = thread.blobs - blob_refs
+        thread.blobs &= blob_refs
+        live = {h for t in self._threads.values() for h in t.blobs}
+        blob_bytes = blob_count = 0
+        for digest in dropped - live:
+            blob_bytes += len(self._blobs.pop(digest, b""))
+            blob_count += 1
+        return GcReport(blob_count, report.list_items, report.lists, report.bytes + blob_bytes)
+
+    def _drop_lists(self, owned: Mapping[int, ListInfo], needs: Mapping[int, int]) -> GcReport:
+        drop, trim = plan_list_gc(owned, needs)
+        items = size = lists = 0
+        orphan_bases: set[int] = set()
+        for lid in drop:
+            lst = self._lists.pop(lid)
+            items += len(lst.items)
+            size += sum(len(d) for _, d in lst.items)
+            lists += 1
+            if lst.base_id is not None:
+                orphan_bases.add(lst.base_id)
+        for lid, length in trim.items():
+            lst = self._lists[lid]
+            keep = max(0, length - lst.base_len)
+            items += len(lst.items) - keep
+            size += sum(len(d) for _, d in lst.items[keep:])
+            del lst.items[keep:]
+            lst.sealed = True
+        for base_id in orphan_bases:
+            base = self._lists.get(base_id)
+            if base is None or base.owner in self._threads:
+                continue
+            need = max((x.base_len for x in self._lists.values() if x.base_id == base_id), default=0)
+            sub = self._drop_lists({base_id: ListInfo(base_id, base.base_id, base.base_len, base.length)}, {base_id: need})
+            items, size, lists = items + sub.list_items, size + sub.bytes, lists + sub.lists
+        return GcReport(list_items=items, lists=lists, bytes=size)
+
+    def collect_garbage(self) -> GcReport:
+        with self._lock:
+            blobs = items = lists = size = 0
+            for thread in list(self._threads.values()):
+                r = self._gc_thread(thread)
+                blobs, items, lists, size = blobs + r.blobs, items + r.list_items, lists + r.lists, size + r.bytes
+            live = {h for t in self._threads.values() for h in t.blobs}
+            for digest in set(self._blobs) - live:
+                size += len(self._blobs.pop(digest))
+                blobs += 1
+            return GcReport(blobs, items, lists, size)
+
+    def storage_bytes(self) -> int:
+        with self._lock:
+            rows = sum(len(r.header) + len(encode_manifest(r.manifest)) + 64 for r in self._checkpoints.values())
+            items = sum(len(d) + 16 for lst in self._lists.values() for _, d in lst.items)
+            return rows + items + sum(len(b) + 16 for b in self._blobs.values())
+
+    def reclaim_space(self) -> int:
+        return 0

@@ -1,0 +1,1008 @@
+"""SQLite backend: the embedded default.
+
+WAL journal, ``synchronous=FULL`` by default (each acknowledged write is
+fsynced; ``?synchronous=normal`` trades power-loss durability for speed),
+``auto_vacuum=INCREMENTAL`` so cleanup can give disk space back. One connection
+per OS thread. Writers take the write lock with ``BEGIN IMMEDIATE`` and retry
+on SQLITE_BUSY with short jittered sleeps of our own instead of SQLite's busy
+handler, whose long sleeps stall some writers for a second under contention.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from threadline.errors import (
+    AlreadyExists,
+    Conflict,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    StaleReference,
+    SchemaError,
+    StorageError,
+)
+from threadline.model import (
+    DEFAULT_BRANCH,
+    KIND_CODES,
+    KINDS_BY_CODE,
+    STATUS_CODES,
+    STATUSES_BY_CODE,
+    checkpoint_id_bytes,
+    checkpoint_id_from_bytes,
+)
+from threadline.storage.base import (
+    MAX_LIST_DEPTH,
+    SCHEMA_VERSION,
+    UNSET,
+    BlobRef,
+    BranchRow,
+    CheckpointRepository,
+    CheckpointRow,
+    CheckpointWrite,
+    GcReport,
+    ItemRows,
+    LifecycleUpdate,
+    ListAppend,
+    ListInfo,
+    ListRef,
+    RowQuery,
+    StatsRow,
+    ThreadRow,
+    decode_manifest,
+    encode_manifest,
+    manifest_refs,
+    nearest_survivor,
+    plan_list_gc,
+    relink,
+    rewrite_list_ids,
+)
+
+R = TypeVar("R")
+
+APPLICATION_ID = 0x546C6E31  # "Tln1": marks a file as a threadline store
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE threadline_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+            """CREATE TABLE threads (
+                tkey INTEGER PRIMARY KEY,
+                id TEXT NOT NULL UNIQUE,
+                created_at INTEGER NOT NULL,
+                session_id TEXT,
+                metadata BLOB NOT NULL,
+                default_branch TEXT NOT NULL DEFAULT 'main',
+                origin BLOB
+            )""",
+            "CREATE INDEX threads_by_session ON threads (session_id, id) WHERE session_id IS NOT NULL",
+            """CREATE TABLE branches (
+                bkey INTEGER PRIMARY KEY,
+                tkey INTEGER NOT NULL,
+                name TEXT NOT NULL,
+                head BLOB,
+                created_at INTEGER NOT NULL,
+                base BLOB,
+                UNIQUE (tkey, name)
+            )""",
+            """CREATE TABLE checkpoints (
+                id BLOB PRIMARY KEY,
+                tkey INTEGER NOT NULL,
+                bkey INTEGER NOT NULL,
+                parent BLOB,
+                merge_parent BLOB,
+                kind INTEGER NOT NULL,
+                status INTEGER NOT NULL DEFAULT 0,
+                created_at INTEGER NOT NULL,
+                expires_at INTEGER,
+                restore_count INTEGER NOT NULL DEFAULT 0,
+                logical_size INTEGER NOT NULL,
+                stored_size INTEGER NOT NULL,
+                milestone TEXT,
+                protected INTEGER NOT NULL DEFAULT 0,
+                header BLOB NOT NULL,
+                manifest BLOB NOT NULL
+            ) WITHOUT ROWID""",
+            "CREATE INDEX checkpoints_by_thread ON checkpoints (tkey, id)",
+            "CREATE UNIQUE INDEX checkpoints_milestone ON checkpoints (tkey, milestone) WHERE milestone IS NOT NULL",
+            "CREATE INDEX checkpoints_expiry ON checkpoints (expires_at) WHERE expires_at IS NOT NULL",
+            """CREATE TABLE blobs (
+                bkey INTEGER PRIMARY KEY,
+                hash BLOB NOT NULL UNIQUE,
+                data BLOB NOT NULL
+            )""",
+            """CREATE TABLE thread_blobs (
+                tkey INTEGER NOT NULL,
+                hash BLOB NOT NULL,
+                PRIMARY KEY (tkey, hash)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX thread_blobs_by_hash ON thread_blobs (hash)",
+            """CREATE TABLE lists (
+                list_id INTEGER PRIMARY KEY,
+                tkey INTEGER NOT NULL,
+                base_id INTEGER,
+                base_len INTEGER NOT NULL DEFAULT 0,
+                depth INTEGER NOT NULL DEFAULT 0,
+                sealed INTEGER NOT NULL DEFAULT 0
+            )""",
+            "CREATE INDEX lists_by_thread ON lists (tkey)",
+            "CREATE INDEX lists_by_base ON lists (base_id) WHERE base_id IS NOT NULL",
+            """CREATE TABLE items (
+                list_id INTEGER NOT NULL,
+                pos INTEGER NOT NULL,
+                crc INTEGER NOT NULL,
+                data BLOB NOT NULL
+            )""",
+            "CREATE UNIQUE INDEX items_by_list ON items (list_id, pos)",
+        ],
+    ),
+]
+
+_BUSY_DEADLINE_S = 60.0
+
+
+class SQLiteRepository(CheckpointRepository):
+    """The storage contract on one SQLite file (or an existing connection)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        connection: sqlite3.Connection | None = None,
+        synchronous: str = "full",
+    ) -> None:
+        if (path is None) == (connection is None):
+            raise InvalidInput("give SQLiteRepository exactly one of a path or a connection")
+        if synchronous.lower() not in {"full", "normal", "extra"}:
+            raise InvalidInput(f"synchronous must be full, normal or extra, got {synchronous!r}")
+        self._synchronous = synchronous.upper()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._closed = False
+        self._shared: sqlite3.Connection | None = None
+        self._shared_lock = threading.RLock()
+        self.path: Path | None = None
+        if connection is not None:
+            self.url = "sqlite://(connection)"
+            self._shared = connection
+            self._configure(connection)
+        else:
+            p = Path(path)  # type: ignore[arg-type]
+            if not p.parent.exists():
+                raise InvalidInput(f"cannot create store {str(p)!r}: directory {str(p.parent)!r} does not exist")
+            if p.is_dir():
+                raise InvalidInput(f"cannot open store {str(p)!r}: it is a directory")
+            self.path = p
+            self.url = f"sqlite:///{p}"
+        self._migrate()
+
+    # ------------------------------------------------------------ connections
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        conn.isolation_level = None
+        with self._translate():
+            conn.execute("PRAGMA busy_timeout = 0")
+            if self._shared is None or conn is self._shared:
+                self._set_journal(conn)
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute("PRAGMA foreign_keys = OFF")
+            conn.execute("PRAGMA cache_size = -16000")
+
+    def _set_journal(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute("PRAGMA journal_mode").fetchone()
+        if row and str(row[0]).lower() != "wal":
+            self._retry(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StorageError(f"store {self.url} is closed")
+        if self._shared is not None:
+            return self._shared
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            assert self.path is not None
+            with self._translate():
+                conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._configure(conn)
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for conn in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._connections.clear()
+
+    # ------------------------------------------------------------ errors and transactions
+
+    @contextlib.contextmanager
+    def _translate(self) -> Iterator[None]:
+        """The one place where sqlite3 errors become threadline errors."""
+        try:
+            yield
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(f"{self.url}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            text = str(exc)
+            if "file is not a database" in text or "malformed" in text:
+                raise SchemaError(f"{self.url} is not a threadline store (not a valid SQLite database)") from exc
+            raise StorageError(f"{self.url}: {text}") from exc
+
+    @staticmethod
+    def _is_busy(exc: sqlite3.OperationalError) -> bool:
+        text = str(exc)
+        return "locked" in text or "busy" in text
+
+    def _retry(self, fn: Callable[[], R]) -> R:
+        """Run ``fn``, retrying SQLITE_BUSY with short jittered sleeps."""
+        delay = 0.0001
+        deadline = time.monotonic() + _BUSY_DEADLINE_S
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not self._is_busy(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 1.5, 0.002)
+
+    def _write(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        """Run ``fn`` in one write transaction (BEGIN IMMEDIATE ... COMMIT)."""
+        conn = self._conn()
+        lock = self._shared_lock if self._shared is not None else contextlib.nullcontext()
+        with lock, self._translate():
+            self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
+            try:
+                result = fn(conn)
+                self._retry(lambda: conn.execute("COMMIT"))
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+    def _read(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        """Run ``fn`` on one consistent snapshot."""
+        conn = self._conn()
+        lock = self._shared_lock if self._shared is not None else contextlib.nullcontext()
+        with lock, self._translate():
+            self._retry(lambda: conn.execute("BEGIN"))
+            try:
+                return fn(conn)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    # ------------------------------------------------------------ schema
+
+    def _migrate(self) -> None:
+        conn = self._conn()
+        with self._translate():
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if app_id != APPLICATION_ID and (app_id != 0 or tables):
+            raise SchemaError(
+                f"{self.url} is not a threadline store (it holds other data); refusing to use or change it"
+            )
+        current = self.schema_version() if tables else 0
+        if current > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self.url} has schema version {current}, written by a newer threadline "
+                f"(this one knows up to {SCHEMA_VERSION}); upgrade threadline to open it"
+            )
+        if current == SCHEMA_VERSION:
+            return
+        if not tables:
+            with self._translate():
+                self._retry(lambda: conn.execute("PRAGMA auto_vacuum = INCREMENTAL"))
+
+        def apply(c: sqlite3.Connection) -> None:
+            found = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            version = 0
+            if "threadline_meta" in found:
+                version = int(c.execute("SELECT value FROM threadline_meta WHERE key = 'schema_version'").fetchone()[0])
+            for target, statements in MIGRATIONS:
+                if target <= version:
+                    continue
+                for sql in statements:
+                    c.execute(sql)
+                c.execute(
+                    "INSERT INTO threadline_meta (key, value) VALUES ('schema_version', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(target),),
+                )
+            c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+        self._write(apply)
+
+    def schema_version(self) -> int:
+        def read(c: sqlite3.Connection) -> int:
+            try:
+                row = c.execute("SELECT value FROM threadline_meta WHERE key = 'schema_version'").fetchone()
+            except sqlite3.OperationalError:
+                return 0
+            return int(row[0]) if row else 0
+
+        return self._read(read)
+
+    # ------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _tkey(c: sqlite3.Connection, thread_id: str) -> int:
+        row = c.execute("SELECT tkey FROM threads WHERE id = ?", (thread_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"thread {thread_id!r} does not exist")
+        return int(row[0])
+
+    @staticmethod
+    def _thread_row(row: Sequence[Any]) -> ThreadRow:
+        return ThreadRow(
+            id=row[0], created_at=row[1], session_id=row[2], metadata=bytes(row[3]),
+            default_branch=row[4], origin=bytes(row[5]) if row[5] is not None else None,
+        )
+
+    _THREAD_COLS = "id, created_at, session_id, metadata, default_branch, origin"
+    _CP_COLS = (
+        "c.id, t.id, b.name, c.parent, c.merge_parent, c.kind, c.status, c.created_at, c.expires_at, "
+        "c.restore_count, c.logical_size, c.stored_size, c.header, c.manifest, c.milestone"
+    )
+    _CP_FROM = "checkpoints c JOIN threads t ON t.tkey = c.tkey JOIN branches b ON b.bkey = c.bkey"
+
+    @staticmethod
+    def _cp_row(row: Sequence[Any]) -> CheckpointRow:
+        cid = checkpoint_id_from_bytes(row[0])
+        return CheckpointRow(
+            id=cid,
+            thread_id=row[1],
+            branch=row[2],
+            parent_id=checkpoint_id_from_bytes(row[3]) if row[3] is not None else None,
+            merge_parent_id=checkpoint_id_from_bytes(row[4]) if row[4] is not None else None,
+            kind=KINDS_BY_CODE[row[5]],
+            status=STATUSES_BY_CODE[row[6]],
+            created_at=row[7],
+            expires_at=row[8],
+            restore_count=row[9],
+            logical_size=row[10],
+            stored_size=row[11],
+            header=bytes(row[12]),
+            manifest=decode_manifest(bytes(row[13]), cid),
+            milestone=row[14],
+        )
+
+    @staticmethod
+    def _list_info(c: sqlite3.Connection, list_id: int) -> tuple[int, int | None, int, int, bool] | None:
+        """(owner tkey, base id, base length, depth, sealed) of a list."""
+        row = c.execute(
+            "SELECT tkey, base_id, base_len, depth, sealed FROM lists WHERE list_id = ?", (list_id,)
+        ).fetchone()
+        return (row[0], row[1], row[2], row[3], bool(row[4])) if row else None
+
+    @staticmethod
+    def _list_length(c: sqlite3.Connection, list_id: int, base_len: int) -> int:
+        top = c.execute("SELECT max(pos) FROM items WHERE list_id = ?", (list_id,)).fetchone()[0]
+        return base_len if top is None else max(base_len, int(top) + 1)
+
+    @staticmethod
+    def _new_list_id(c: sqlite3.Connection) -> int:
+        while True:
+            candidate = secrets.randbits(62) + 1
+            if c.execute("SELECT 1 FROM lists WHERE list_id = ?", (candidate,)).fetchone() is None:
+                return candidate
+
+    def _segments(self, c: sqlite3.Connection, list_id: int, length: int) -> list[tuple[int, int, int]]:
+        """(list id, first pos, end pos) segments that make up a list prefix, oldest first."""
+        segments: list[tuple[int, int, int]] = []
+        current: int | None = list_id
+        end = length
+        hops = 0
+        while current is not None and end > 0:
+            info = self._list_info(c, current)
+            if info is None:
+                raise IntegrityError(f"list {current} is missing from the store")
+            _, base_id, base_len, _, _ = info
+            lo = base_len if base_id is not None else 0
+            if end > lo:
+                segments.append((current, lo, end))
+            end = min(end, lo)
+            current = base_id
+            hops += 1
+            if hops > MAX_LIST_DEPTH + 2:
+                raise IntegrityError(f"list {list_id} has a base chain deeper than {MAX_LIST_DEPTH}")
+        segments.reverse()
+        return segments
+
+    def _create_list(
+        self, c: sqlite3.Connection, tkey: int, list_id: int, base: tuple[int, int] | None
+    ) -> None:
+        if base is None:
+            c.execute("INSERT INTO lists (list_id, tkey) VALUES (?, ?)", (list_id, tkey))
+            return
+        base_id, base_len = base
+        info = self._list_info(c, base_id)
+        if info is None:
+            raise StaleReference(f"list {base_id} does not exist")
+        if self._list_length(c, base_id, info[2]) < base_len:
+            raise StaleReference(f"list {base_id} has fewer than {base_len} items")
+        depth = info[3] + 1
+        if depth < MAX_LIST_DEPTH:
+            c.execute(
+                "INSERT INTO lists (list_id, tkey, base_id, base_len, depth) VALUES (?, ?, ?, ?, ?)",
+                (list_id, tkey, base_id, base_len, depth),
+            )
+            return
+        # Too deep: copy the prefix into a fresh root list so reads stay bounded.
+        c.execute("INSERT INTO lists (list_id, tkey) VALUES (?, ?)", (list_id, tkey))
+        for seg_id, lo, hi in self._segments(c, base_id, base_len):
+            c.execute(
+                "INSERT INTO items (list_id, pos, crc, data) "
+                "SELECT ?, pos, crc, data FROM items WHERE list_id = ? AND pos >= ? AND pos < ? ORDER BY pos",
+                (list_id, seg_id, lo, hi),
+            )
+
+    def _apply_list(self, c: sqlite3.Connection, tkey: int, la: ListAppend) -> tuple[int, int]:
+        """Store one list append; returns (final list id, bytes added)."""
+        target = la.list_id
+        if la.base is not None:
+            self._create_list(c, tkey, target, la.base)
+        else:
+            info = self._list_info(c, target)
+            if info is None:
+                if la.start != 0:
+                    raise StaleReference(f"list {target} does not exist")
+                self._create_list(c, tkey, target, None)
+            else:
+                owner, _, base_len, _, sealed = info
+                length = self._list_length(c, target, base_len)
+                if length < la.start:
+                    raise StaleReference(f"list {target} has {length} items, fewer than {la.start}")
+                if sealed or length != la.start or owner != tkey:
+                    target = self._new_list_id(c)
+                    self._create_list(c, tkey, target, (la.list_id, la.start))
+        c.executemany(
+            "INSERT INTO items (list_id, pos, crc, data) VALUES (?, ?, ?, ?)",
+            [(target, la.start + i, crc, data) for i, (crc, data) in enumerate(zip(la.crcs, la.items, strict=True))],
+        )
+        return target, sum(len(d) for d in la.items)
+
+    def _check_list_ref(self, c: sqlite3.Connection, tkey: int, ref: ListRef) -> ListRef:
+        """Make sure a referenced list prefix exists and is owned by this thread."""
+        info = self._list_info(c, ref.list_id)
+        if info is None or self._list_length(c, ref.list_id, info[2]) < ref.length:
+            raise StaleReference(f"list {ref.list_id} with {ref.length} items does not exist")
+        if info[0] == tkey:
+            return ref
+        derived = self._new_list_id(c)
+        self._create_list(c, tkey, derived, (ref.list_id, ref.length))
+        return ListRef(derived, ref.length)
+
+    # ------------------------------------------------------------ threads
+
+    def create_thread(
+        self, thread_id: str, *, created_at: int, session_id: str | None, metadata: bytes,
+        origin: bytes | None = None,
+    ) -> ThreadRow:
+        def op(c: sqlite3.Connection) -> ThreadRow:
+            if c.execute("SELECT 1 FROM threads WHERE id = ?", (thread_id,)).fetchone():
+                raise AlreadyExists(f"thread {thread_id!r} already exists")
+            cur = c.execute(
+                "INSERT INTO threads (id, created_at, session_id, metadata, origin) VALUES (?, ?, ?, ?, ?)",
+                (thread_id, created_at, session_id, metadata, origin),
+            )
+            c.execute(
+                "INSERT INTO branches (tkey, name, created_at) VALUES (?, ?, ?)",
+                (cur.lastrowid, DEFAULT_BRANCH, created_at),
+            )
+            return ThreadRow(thread_id, created_at, session_id, metadata, DEFAULT_BRANCH, origin)
+
+        return self._write(op)
+
+    def get_thread(self, thread_id: str) -> ThreadRow:
+        def op(c: sqlite3.Connection) -> ThreadRow:
+            row = c.execute(f"SELECT {self._THREAD_COLS} FROM threads WHERE id = ?", (thread_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"thread {thread_id!r} does not exist")
+            return self._thread_row(row)
+
+        return self._read(op)
+
+    def list_threads(
+        self, *, session_id: str | None = None, after: str | None = None, limit: int = 100
+    ) -> list[ThreadRow]:
+        sql = f"SELECT {self._THREAD_COLS} FROM threads WHERE id > ?"
+        args: list[Any] = [after or ""]
+        if session_id is not None:
+            sql += " AND session_id = ?"
+            args.append(session_id)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        return self._read(lambda c: [self._thread_row(r) for r in c.execute(sql, args)])
+
+    def update_thread(self, thread_id: str, *, metadata: bytes) -> ThreadRow:
+        def op(c: sqlite3.Connection) -> ThreadRow:
+            self._tkey(c, thread_id)
+            c.execute("UPDATE threads SET metadata = ? WHERE id = ?", (metadata, thread_id))
+            row = c.execute(f"SELECT {self._THREAD_COLS} FROM threads WHERE id = ?", (thread_id,)).fetchone()
+            return self._thread_row(row)
+
+        return self._write(op)
+
+    def delete_thread(self, thread_id: str) -> GcReport:
+        def op(c: sqlite3.Connection) -> GcReport:
+            tkey = self._tkey(c, thread_id)
+            c.execute("DELETE FROM checkpoints WHERE tkey = ?", (tkey,))
+            c.execute("DELETE FROM branches WHERE tkey = ?", (tkey,))
+            c.execute("DELETE FROM threads WHERE tkey = ?", (tkey,))
+            return self._gc_thread(c, tkey)
+
+        return self._write(op)
+
+    # ------------------------------------------------------------ branches
+
+    def get_branch(self, thread_id: str, name: str) -> BranchRow:
+        def op(c: sqlite3.Connection) -> BranchRow:
+            tkey = self._tkey(c, thread_id)
+            row = c.execute(
+                "SELECT name, head, created_at, base FROM branches WHERE tkey = ? AND name = ?", (tkey, name)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"branch {name!r} does not exist in thread {thread_id!r}")
+            return self._branch_row(thread_id, row)
+
+        return self._read(op)
+
+    @staticmethod
+    def _branch_row(thread_id: str, row: Sequence[Any]) -> BranchRow:
+        return BranchRow(
+            thread_id=thread_id,
+            name=row[0],
+            head=checkpoint_id_from_bytes(row[1]) if row[1] is not None else None,
+            created_at=row[2],
+            base=checkpoint_id_from_bytes(row[3]) if row[3] is not None else None,
+        )
+
+    def list_branches(self, thread_id: str) -> list[BranchRow]:
+        def op(c: sqlite3.Connection) -> list[BranchRow]:
+            tkey = self._tkey(c, thread_id)
+            rows = c.execute(
+                "SELECT name, head, created_at, base FROM branches WHERE tkey = ? ORDER BY name", (tkey,)
+            )
+            return [self._branch_row(thread_id, r) for r in rows]
+
+        return self._read(op)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def append_checkpoint(self, write: CheckpointWrite, *, expected_head: str | None | Any = UNSET) -> CheckpointRow:
+        def op(c: sqlite3.Connection) -> CheckpointRow:
+            tkey = self._tkey(c, write.thread_id)
+            branch = c.execute(
+                "SELECT bkey, head FROM branches WHERE tkey = ? AND name = ?", (tkey, write.branch)
+            ).fetchone()
+            if write.create_branch:
+                if branch is not None:
+                    raise Conflict(f"branch {write.branch!r} already exists in thread {write.thread_id!r}")
+                parent = write.parent_id
+                if parent is not None:
+                    prow = c.execute(
+                        "SELECT tkey FROM checkpoints WHERE id = ?", (checkpoint_id_bytes(parent),)
+                    ).fetchone()
+                    if prow is None or prow[0] != tkey:
+                        raise NotFound(f"checkpoint {parent} does not exist in thread {write.thread_id!r}")
+                cur = c.execute(
+                    "INSERT INTO branches (tkey, name, created_at, base) VALUES (?, ?, ?, ?)",
+                    (tkey, write.branch, write.created_at, checkpoint_id_bytes(parent) if parent else None),
+                )
+                bkey = int(cur.lastrowid or 0)
+                head = None
+            else:
+                if branch is None:
+                    raise NotFound(f"branch {write.branch!r} does not exist in thread {write.thread_id!r}")
+                bkey = int(branch[0])
+                head = checkpoint_id_from_bytes(branch[1]) if branch[1] is not None else None
+                parent = head
+            if expected_head is not UNSET and expected_head != head:
+                raise Conflict(
+                    f"branch {write.branch!r} of thread {write.thread_id!r} moved: expected head "
+                    f"{expected_head}, found {head}; nothing was stored",
+                    expected=expected_head,
+                    actual=head,
+                )
+            stored = 0
+            renames: dict[int, int] = {}
+            for la in write.lists:
+                final, added = self._apply_list(c, tkey, la)
+                stored += added
+                if final != la.list_id:
+                    renames[la.list_id] = final
+            carried = {la.list_id for la in write.lists}
+            manifest = rewrite_list_ids(write.manifest, renames)
+            for key, ref in list(manifest.items()):
+                if isinstance(ref, ListRef) and ref.list_id not in carried and ref.list_id not in renames.values():
+                    manifest[key] = self._check_list_ref(c, tkey, ref)
+            new_blobs = {b.hash for b in write.blobs}
+            for blob in write.blobs:
+                cur = c.execute("INSERT OR IGNORE INTO blobs (hash, data) VALUES (?, ?)", (blob.hash, blob.data))
+                if cur.rowcount:
+                    stored += len(blob.data)
+            blob_refs, _ = manifest_refs(manifest)
+            for digest in blob_refs:
+                cur = c.execute("INSERT OR IGNORE INTO thread_blobs (tkey, hash) VALUES (?, ?)", (tkey, digest))
+                if cur.rowcount and digest not in new_blobs:
+                    if c.execute("SELECT 1 FROM blobs WHERE hash = ?", (digest,)).fetchone() is None:
+                        raise StaleReference(f"blob {digest.hex()} does not exist")
+            manifest_bytes = encode_manifest(manifest)
+            stored += len(manifest_bytes) + len(write.header)
+            cid = checkpoint_id_bytes(write.id)
+            if c.execute("SELECT 1 FROM checkpoints WHERE id = ?", (cid,)).fetchone():
+                raise AlreadyExists(f"checkpoint {write.id} already exists")
+            if write.milestone is not None and c.execute(
+                "SELECT 1 FROM checkpoints WHERE tkey = ? AND milestone = ?", (tkey, write.milestone)
+            ).fetchone():
+                raise AlreadyExists(f"milestone {write.milestone!r} already exists in thread {write.thread_id!r}")
+            parent_b = checkpoint_id_bytes(parent) if parent else None
+            merge_b = checkpoint_id_bytes(write.merge_parent_id) if write.merge_parent_id else None
+            c.execute(
+                "INSERT INTO checkpoints (id, tkey, bkey, parent, merge_parent, kind, status, created_at, "
+                "expires_at, logical_size, stored_size, milestone, protected, header, manifest) "
+                "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    cid, tkey, bkey, parent_b, merge_b, KIND_CODES[write.kind], write.created_at,
+                    write.expires_at, write.logical_size, stored, write.milestone,
+                    1 if write.milestone is not None else 0, write.header, manifest_bytes,
+                ),
+            )
+            c.execute("UPDATE branches SET head = ? WHERE bkey = ?", (cid, bkey))
+            return CheckpointRow(
+                id=write.id, thread_id=write.thread_id, branch=write.branch, parent_id=parent,
+                merge_parent_id=write.merge_parent_id, kind=write.kind, status=STATUSES_BY_CODE[0],
+                created_at=write.created_at, expires_at=write.expires_at, restore_count=0,
+                logical_size=write.logical_size, stored_size=stored, header=write.header,
+                manifest=manifest, milestone=write.milestone,
+            )
+
+        return self._write(op)
+
+    def get_checkpoint(self, checkpoint_id: str) -> CheckpointRow:
+        def op(c: sqlite3.Connection) -> CheckpointRow:
+            row = c.execute(
+                f"SELECT {self._CP_COLS} FROM {self._CP_FROM} WHERE c.id = ?", (checkpoint_id_bytes(checkpoint_id),)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"checkpoint {checkpoint_id} does not exist")
+            return self._cp_row(row)
+
+        return self._read(op)
+
+    def find_checkpoints(self, prefix: str, limit: int = 10) -> list[str]:
+        hexes = prefix.replace("-", "").lower()
+        if not hexes or any(ch not in "0123456789abcdef" for ch in hexes) or len(hexes) > 32:
+            return []
+        lo = bytes.fromhex(hexes.ljust(32, "0"))
+        hi = bytes.fromhex(hexes.ljust(32, "f"))
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT id FROM checkpoints WHERE id >= ? AND id <= ? ORDER BY id LIMIT ?", (lo, hi, limit)
+            ).fetchall()
+        )
+        return [checkpoint_id_from_bytes(r[0]) for r in rows]
+
+    def scan_checkpoints(self, thread_id: str, query: RowQuery) -> list[CheckpointRow]:
+        def op(c: sqlite3.Connection) -> list[CheckpointRow]:
+            tkey = self._tkey(c, thread_id)
+            sql = [f"SELECT {self._CP_COLS} FROM {self._CP_FROM} WHERE c.tkey = ?"]
+            args: list[Any] = [tkey]
+            if query.before is not None:
+                sql.append("AND c.id < ?")
+                args.append(checkpoint_id_bytes(query.before))
+            if query.branch is not None:
+                sql.append("AND b.name = ?")
+                args.append(query.branch)
+            if query.kinds is not None:
+                sql.append(f"AND c.kind IN ({','.join('?' * len(query.kinds))})")
+                args.extend(KIND_CODES[k] for k in query.kinds)
+            if query.statuses is not None:
+                sql.append(f"AND c.status IN ({','.join('?' * len(query.statuses))})")
+                args.extend(STATUS_CODES[s] for s in query.statuses)
+            if query.created_after is not None:
+                sql.append("AND c.created_at >= ?")
+                args.append(query.created_after)
+            if query.created_before is not None:
+                sql.append("AND c.created_at <= ?")
+                args.append(query.created_before)
+            sql.append("ORDER BY c.tkey DESC, c.id DESC LIMIT ?")
+            args.append(query.limit)
+            return [self._cp_row(r) for r in c.execute(" ".join(sql), args)]
+
+        return self._read(op)
+
+    def walk_lineage(self, start_id: str, *, limit: int) -> list[CheckpointRow]:
+        def op(c: sqlite3.Connection) -> list[CheckpointRow]:
+            rows = c.execute(
+                f"""WITH RECURSIVE chain(id, n) AS (
+                        SELECT id, 0 FROM checkpoints WHERE id = ?
+                        UNION ALL
+                        SELECT p.parent, chain.n + 1 FROM chain JOIN checkpoints p ON p.id = chain.id
+                        WHERE p.parent IS NOT NULL AND chain.n + 1 < ?
+                    )
+                    SELECT {self._CP_COLS} FROM chain JOIN {self._CP_FROM} ON c.id = chain.id
+                    ORDER BY chain.n""",
+                (checkpoint_id_bytes(start_id), limit),
+            ).fetchall()
+            if not rows:
+                raise NotFound(f"checkpoint {start_id} does not exist")
+            return [self._cp_row(r) for r in rows]
+
+        return self._read(op)
+
+    def get_blobs(self, hashes: Iterable[bytes]) -> dict[bytes, bytes]:
+        wanted = list(set(hashes))
+        if not wanted:
+            return {}
+
+        def op(c: sqlite3.Connection) -> dict[bytes, bytes]:
+            out: dict[bytes, bytes] = {}
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                rows = c.execute(
+                    f"SELECT hash, data FROM blobs WHERE hash IN ({','.join('?' * len(chunk))})", chunk
+                )
+                out.update((bytes(h), bytes(d)) for h, d in rows)
+            return out
+
+        return self._read(op)
+
+    def get_list_items(self, list_id: int, length: int) -> ItemRows:
+        def op(c: sqlite3.Connection) -> ItemRows:
+            out = ItemRows()
+            for seg_id, lo, hi in self._segments(c, list_id, length):
+                rows = c.execute(
+                    "SELECT crc, data FROM items WHERE list_id = ? AND pos >= ? AND pos < ? ORDER BY pos",
+                    (seg_id, lo, hi),
+                ).fetchall()
+                if len(rows) != hi - lo:
+                    raise IntegrityError(f"list {seg_id} is missing items in positions {lo}..{hi - 1}")
+                out.crcs.extend(r[0] for r in rows)
+                out.data.extend(r[1] for r in rows)
+            return out
+
+        return self._read(op)
+
+    def update_checkpoints(self, checkpoint_ids: Sequence[str], update: LifecycleUpdate) -> int:
+        sets: list[str] = []
+        args: list[Any] = []
+        if update.status is not None:
+            sets.append("status = ?")
+            args.append(STATUS_CODES[update.status])
+        if update.expires_at is not UNSET:
+            sets.append("expires_at = ?")
+            args.append(update.expires_at)
+        if update.header is not None:
+            sets.append("header = ?")
+            args.append(update.header)
+        if update.restore_delta:
+            sets.append("restore_count = restore_count + ?")
+            args.append(update.restore_delta)
+        if update.protected is not None:
+            sets.append("protected = ?")
+            args.append(1 if update.protected else 0)
+        if not sets or not checkpoint_ids:
+            return 0
+
+        def op(c: sqlite3.Connection) -> int:
+            changed = 0
+            for cid in checkpoint_ids:
+                cur = c.execute(
+                    f"UPDATE checkpoints SET {', '.join(sets)} WHERE id = ?", [*args, checkpoint_id_bytes(cid)]
+                )
+                changed += cur.rowcount
+            return changed
+
+        return self._write(op)
+
+    def delete_checkpoints(self, thread_id: str, checkpoint_ids: Sequence[str]) -> GcReport:
+        def op(c: sqlite3.Connection) -> GcReport:
+            tkey = self._tkey(c, thread_id)
+            parents: dict[str, tuple[str | None, str | None]] = {}
+            for cid, parent, merge in c.execute(
+                "SELECT id, parent, merge_parent FROM checkpoints WHERE tkey = ?", (tkey,)
+            ):
+                parents[checkpoint_id_from_bytes(cid)] = (
+                    checkpoint_id_from_bytes(parent) if parent is not None else None,
+                    checkpoint_id_from_bytes(merge) if merge is not None else None,
+                )
+            deleted = {cid for cid in checkpoint_ids if cid in parents}
+            if not deleted:
+                return GcReport()
+            for cid, (parent, merge) in relink(parents, deleted).items():
+                c.execute(
+                    "UPDATE checkpoints SET parent = ?, merge_parent = ? WHERE id = ?",
+                    (
+                        checkpoint_id_bytes(parent) if parent else None,
+                        checkpoint_id_bytes(merge) if merge else None,
+                        checkpoint_id_bytes(cid),
+                    ),
+                )
+            for bkey, head in c.execute("SELECT bkey, head FROM branches WHERE tkey = ?", (tkey,)).fetchall():
+                if head is not None and checkpoint_id_from_bytes(head) in deleted:
+                    survivor = nearest_survivor(parents, checkpoint_id_from_bytes(head), deleted)
+                    c.execute(
+                        "UPDATE branches SET head = ? WHERE bkey = ?",
+                        (checkpoint_id_bytes(survivor) if survivor else None, bkey),
+                    )
+            c.executemany("DELETE FROM checkpoints WHERE id = ?", [(checkpoint_id_bytes(x),) for x in deleted])
+            return self._gc_thread(c, tkey)
+
+        return self._write(op)
+
+    def due_for_expiry(self, now: int, limit: int = 1000) -> list[str]:
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT id FROM checkpoints WHERE expires_at IS NOT NULL AND expires_at <= ? AND status = 0 "
+                "ORDER BY expires_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        )
+        return [checkpoint_id_from_bytes(r[0]) for r in rows]
+
+    def stats(self, thread_ids: Sequence[str] | None = None) -> StatsRow:
+        def op(c: sqlite3.Connection) -> StatsRow:
+            if thread_ids is None:
+                where, args = "", []
+                tcount = c.execute("SELECT count(*) FROM threads").fetchone()[0]
+            else:
+                keys = [self._tkey(c, t) for t in thread_ids]
+                where = f"WHERE tkey IN ({','.join('?' * len(keys))})" if keys else "WHERE 0"
+                args = keys
+                tcount = len(keys)
+            by_kind: dict[str, int] = {}
+            by_status: dict[str, int] = {}
+            for kind, status, n in c.execute(
+                f"SELECT kind, status, count(*) FROM checkpoints {where} GROUP BY kind, status", args
+            ):
+                by_kind[KINDS_BY_CODE[kind].value] = by_kind.get(KINDS_BY_CODE[kind].value, 0) + n
+                by_status[STATUSES_BY_CODE[status].value] = by_status.get(STATUSES_BY_CODE[status].value, 0) + n
+            total, logical, stored, oldest, newest, restores, milestones = c.execute(
+                "SELECT count(*), coalesce(sum(logical_size), 0), coalesce(sum(stored_size), 0), "
+                "min(created_at), max(created_at), coalesce(sum(restore_count), 0), count(milestone) "
+                f"FROM checkpoints {where}",
+                args,
+            ).fetchone()
+            branches = c.execute(f"SELECT count(*) FROM branches {where}", args).fetchone()[0]
+            return StatsRow(
+                threads=tcount, checkpoints=total, by_kind=by_kind, by_status=by_status,
+                logical_bytes=logical, stored_bytes=stored, oldest=oldest, newest=newest,
+                restores=restores, branches=branches, milestones=milestones,
+            )
+
+        return self._read(op)
+
+    # ------------------------------------------------------------ garbage collection
+
+    def _gc_thread(self, c: sqlite3.Connection, tkey: int) -> GcReport:
+        """Collect what thread ``tkey`` no longer references (inside the caller's transaction)."""
+        blob_refs: set[bytes] = set()
+        needs: dict[int, int] = {}
+        for (raw,) in c.execute("SELECT manifest FROM checkpoints WHERE tkey = ?", (tkey,)):
+            blobs, lists = manifest_refs(decode_manifest(bytes(raw)))
+            blob_refs |= blobs
+            for lid, n in lists.items():
+                needs[lid] = max(needs.get(lid, 0), n)
+        owned: dict[int, ListInfo] = {}
+        for lid, base_id, base_len in c.execute(
+            "SELECT list_id, base_id, base_len FROM lists WHERE tkey = ?", (tkey,)
+        ).fetchall():
+            owned[lid] = ListInfo(lid, base_id, base_len, self._list_length(c, lid, base_len))
+        for base_id, n in c.execute(
+            "SELECT l.base_id, max(l.base_len) FROM lists l JOIN lists o ON o.list_id = l.base_id "
+            "WHERE o.tkey = ? AND l.tkey != ? GROUP BY l.base_id",
+            (tkey, tkey),
+        ):
+            needs[base_id] = max(needs.get(base_id, 0), n)
+        report = self._drop_lists(c, owned, needs)
+        candidates = [
+            bytes(h) for (h,) in c.execute("SELECT hash FROM thread_blobs WHERE tkey = ?", (tkey,))
+        ]
+        dropped = [h for h in candidates if h not in blob_refs]
+        blob_count = blob_bytes = 0
+        for digest in dropped:
+            c.execute("DELETE FROM thread_blobs WHERE tkey = ? AND hash = ?", (tkey, digest))
+            if c.execute("SELECT 1 FROM thread_blobs WHERE hash = ?", (digest,)).fetchone() is None:
+                size = c.execute("SELECT length(data) FROM blobs WHERE hash = ?", (digest,)).fetchone()
+                c.execute("DELETE FROM blobs WHERE hash = ?", (digest,))
+                blob_count += 1
+                blob_bytes += size[0] if size else 0
+        return GcReport(
+            blobs=blob_count, list_items=report.list_items, lists=report.lists, bytes=report.bytes + blob_bytes
+        )
+
+    def _drop_lists(self, c: sqlite3.Connection, owned: Mapping[int, ListInfo], needs: Mapping[int, int]) -> GcReport:
+        drop, trim = plan_list_gc(owned, needs)
+        items = size = 0
+        orphan_bases: set[int] = set()
+        for lid in drop:
+            n, b = c.execute("SELECT count(*), coalesce(sum(length(data)), 0) FROM items WHERE list_id = ?", (lid,)).fetchone()
+            items, size = items + n, size + b
+            c.execute("DELETE FROM items WHERE list_id = ?", (lid,))
+            c.execute("DELETE FROM lists WHERE list_id = ?", (lid,))
+            if owned[lid].base_id is not None:
+                orphan_bases.add(owned[lid].base_id)  # type: ignore[arg-type]
+        for lid, length in trim.items():
+            n, b = c.execute(
+                "SELECT count(*), coalesce(sum(length(data)), 0) FROM items WHERE list_id = ? AND pos >= ?",
+                (lid, length),
+            ).fetchone()
+            items, size = items + n, size + b
+            c.execute("DELETE FROM items WHERE list_id = ? AND pos >= ?", (lid, length))
+            c.execute("UPDATE lists SET sealed = 1 WHERE list_id = ?", (lid,))
+        # A base owned by a deleted thread lives only as long as lists built on it.
+        for base_id in orphan_bases - set(drop):
+            row = c.execute(
+                "SELECT l.tkey, l.base_id, l.base_len FROM lists l LEFT JOIN threads t ON t.tkey = l.tkey "
+                "WHERE l.list_id = ? AND t.tkey IS NULL",
+                (base_id,),
+            ).fetchone()
+            if row is None:
+                continue
+            sub = self._drop_lists(
+                c,
+                {base_id: ListInfo(base_id, row[1], row[2], self._list_length(c, base_id, row[2]))},
+                {base_id: c.execute(
+                    "SELECT coalesce(max(base_len), 0) FROM lists WHERE base_id = ?", (base_id,)
+                ).fetchone()[0]},
+            )
+            items, size = items + sub.list_items, size + sub.bytes
+            drop.extend([base_id] if sub.lists else [])
+        return GcReport(list_items=items, lists=len(drop), bytes=size)
+
+    def collect_garbage(self) -> GcReport:
+        def op(c: sqlite3.Connection) -> GcReport:
+            total = GcReport()
+            keys = [r[0] for r in c.execute("SELECT DISTINCT tkey FROM lists UNION SELECT DISTINCT tkey FROM thread_blobs")]
+            for tkey in keys:
+                r = self._gc_thread(c, tkey)
+                total = GcReport(
+                    total.blobs + r.blobs, total.list_items + r.list_items, total.lists + r.lists, total.bytes + r.bytes
+                )
+            orphan = c.execute(
+                "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM thread_blobs tb WHERE tb.hash = blobs.hash)"
+            ).rowcount
+            return GcReport(total.blobs + orphan, total.list_items, total.lists, total.bytes)
+
+        return self._write(op)
+
+    def reclaim_space(self) -> int:
+        before = self.storage_bytes()
+        conn = self._conn()
+        with self._translate():
+            self._retry(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+            self._retry(lambda: conn.execute("PRAGMA incremental_vacuum").fetchall())
+            self._retry(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+        return max(0, before - self.storage_bytes())
+
+    def storage_bytes(self) -> int:
+        conn = self._conn()
+        with self._translate():
+            self._retry(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+        if self.path is None:
+            c = self._conn()
+            return int(c.execute("PRAGMA page_count").fetchone()[0]) * int(c.execute("PRAGMA page_size").fetchone()[0])
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(FileNotFoundError):
+                total += os.path.getsize(f"{self.path}{suffix}")
+        return total
