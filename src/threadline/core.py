@@ -19,6 +19,7 @@ CRC-32), and a mismatch raises IntegrityError naming the checkpoint.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import functools
 import hashlib
 import secrets
@@ -321,9 +322,9 @@ class CheckpointDomainService:
         milestone: str | None = None,
         expires_at: datetime | None = None,
         ttl: timedelta | None = None,
-        expected_head: str | None | Any = UNSET,
+        expected_head: str | Any | None = UNSET,
         checkpoint_id: str | None = None,
-        create_branch_from: str | None | Any = UNSET,
+        create_branch_from: str | Any | None = UNSET,
         merge_parent_id: str | None = None,
         restored_from: str | None = None,
         sync_point: str | None = None,
@@ -355,10 +356,14 @@ class CheckpointDomainService:
         thread_id = validate_id(thread_id, "thread id")
         branch = validate_name(branch, "branch name")
         if not isinstance(state, Mapping):
-            raise InvalidInput(f"state must be a mapping of string keys to values, got {type(state).__name__}")
+            raise InvalidInput(
+                f"state must be a mapping of string keys to values, got {type(state).__name__}"
+            )
         for key in state:
             if not isinstance(key, str):
-                raise InvalidInput(f"state keys must be strings; got key {key!r} of type {type(key).__name__}")
+                raise InvalidInput(
+                    f"state keys must be strings; got key {key!r} of type {type(key).__name__}"
+                )
         self._check_kind(kind, error_message, error_type, milestone)
         if milestone is not None:
             milestone = validate_name(milestone, "milestone name")
@@ -382,7 +387,9 @@ class CheckpointDomainService:
         )
         create_branch = create_branch_from is not UNSET
         parent_for_branch = (
-            validate_checkpoint_id(create_branch_from) if create_branch and create_branch_from is not None else None
+            validate_checkpoint_id(create_branch_from)
+            if create_branch and create_branch_from is not None
+            else None
         )
         cid = validate_checkpoint_id(checkpoint_id) if checkpoint_id is not None else None
 
@@ -437,9 +444,13 @@ class CheckpointDomainService:
             if milestone is None:
                 raise InvalidInput("a milestone checkpoint needs a milestone name")
         elif milestone is not None:
-            raise InvalidInput(f"only milestone checkpoints carry a milestone name; this one is {kind.value!r}")
+            raise InvalidInput(
+                f"only milestone checkpoints carry a milestone name; this one is {kind.value!r}"
+            )
 
-    def _planning_parent(self, thread_id: str, branch: str, branch_from: str | None | Any) -> CheckpointRow | None:
+    def _planning_parent(
+        self, thread_id: str, branch: str, branch_from: str | Any | None
+    ) -> CheckpointRow | None:
         """The checkpoint whose values the new one is most likely to share."""
         if branch_from is not UNSET:
             return self.repository.get_checkpoint(branch_from) if branch_from else None
@@ -512,7 +523,9 @@ class CheckpointDomainService:
             return ListRef(old.list_id, start), None, None, [], len(whole)
         new_items = self.serializer.dumps_items(value[start:], path=path)
         if isinstance(old, ListRef) and start > 0:
-            list_id, base = (old.list_id, None) if start == old.length else (_random_list_id(), (old.list_id, start))
+            list_id, base = (
+                (old.list_id, None) if start == old.length else (_random_list_id(), (old.list_id, start))
+            )
         else:
             list_id, base, prefix = _random_list_id(), None, None
         framed = [self.serializer.pack(item) for item in new_items]
@@ -611,7 +624,9 @@ class CheckpointDomainService:
 
     def latest(self, thread_id: str, branch: str = DEFAULT_BRANCH) -> Checkpoint | None:
         """The head of a branch, or None when the branch is empty. Raises NotFound."""
-        head = self.repository.get_branch(validate_id(thread_id, "thread id"), validate_name(branch, "branch")).head
+        head = self.repository.get_branch(
+            validate_id(thread_id, "thread id"), validate_name(branch, "branch")
+        ).head
         return self.get(head) if head else None
 
     def get_state(self, checkpoint_id: str) -> dict[str, Any]:
@@ -641,7 +656,9 @@ class CheckpointDomainService:
                 elif isinstance(ref, BlobRef):
                     framed = blobs.get(ref.hash)
                     if framed is None:
-                        raise IntegrityError(f"checkpoint {row.id}: value of {key!r} is missing (blob {ref.hash.hex()})")
+                        raise IntegrityError(
+                            f"checkpoint {row.id}: value of {key!r} is missing (blob {ref.hash.hex()})"
+                        )
                     data = self.serializer.unpack(bytes(framed))
                     if blob_hash(data) != ref.hash:
                         raise IntegrityError(
@@ -684,13 +701,13 @@ class CheckpointDomainService:
 
     def scan(
         self, thread_id: str, filter: CheckpointFilter | None = None, *, limit: int, cursor: str | None = None
-    ) -> list[CheckpointRow]:
+    ) -> builtins.list[CheckpointRow]:
         """Stored rows matching a filter (the backend filters what it can, the rest here)."""
         f = filter or CheckpointFilter()
         thread_id = validate_id(thread_id, "thread id")
         before = validate_checkpoint_id(cursor) if cursor is not None else None
         residual = bool(f.tags or f.metadata)
-        out: list[CheckpointRow] = []
+        out: builtins.list[CheckpointRow] = []
         batch = limit if not residual else max(limit * 4, 100)
         while len(out) < limit:
             query = RowQuery(
@@ -720,12 +737,18 @@ class CheckpointDomainService:
         metadata = header.get("metadata", {})
         return all(key in metadata and _same(metadata[key], value) for key, value in f.metadata.items())
 
-    def history(self, thread_id: str, branch: str = DEFAULT_BRANCH, *, limit: int = 50, cursor: str | None = None) -> Page[Checkpoint]:
+    def history(
+        self, thread_id: str, branch: str = DEFAULT_BRANCH, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[Checkpoint]:
         """A branch's history: its head and first-parent ancestors, newest first."""
         _check_limit(limit)
-        start = validate_checkpoint_id(cursor) if cursor else self.repository.get_branch(
-            validate_id(thread_id, "thread id"), validate_name(branch, "branch")
-        ).head
+        start = (
+            validate_checkpoint_id(cursor)
+            if cursor
+            else self.repository.get_branch(
+                validate_id(thread_id, "thread id"), validate_name(branch, "branch")
+            ).head
+        )
         if start is None:
             return Page([], None)
         rows = self.repository.walk_lineage(start, limit=limit + 1)
@@ -755,7 +778,9 @@ class CheckpointDomainService:
         cid = validate_checkpoint_id(checkpoint_id)
         row = self.repository.get_checkpoint(cid)
         update = LifecycleUpdate(expires_at=datetime_to_us(expires_at) if expires_at else None)
-        if row.status is CheckpointStatus.EXPIRED and (expires_at is None or datetime_to_us(expires_at) > now_us()):
+        if row.status is CheckpointStatus.EXPIRED and (
+            expires_at is None or datetime_to_us(expires_at) > now_us()
+        ):
             update = LifecycleUpdate(status=CheckpointStatus.ACTIVE, expires_at=update.expires_at)
         self.repository.update_checkpoints([cid], update)
         return self.get(cid)
@@ -783,7 +808,9 @@ class CheckpointDomainService:
         """Protect or unprotect a milestone from retention."""
         checkpoint = self.get(checkpoint_id)
         if checkpoint.milestone is None:
-            raise InvalidInput(f"checkpoint {checkpoint.id} is not a milestone; only milestones are protected")
+            raise InvalidInput(
+                f"checkpoint {checkpoint.id} is not a milestone; only milestones are protected"
+            )
         return self._update_header(checkpoint.id, protected=protected)
 
     def count_restore(self, checkpoint_id: str) -> None:
@@ -803,7 +830,7 @@ class CheckpointDomainService:
     def delete(self, checkpoint_ids: Sequence[str]) -> int:
         """Delete checkpoints; survivors are re-linked to their nearest surviving
         ancestor and unreferenced bytes are collected. Returns how many were deleted."""
-        by_thread: dict[str, list[str]] = {}
+        by_thread: dict[str, builtins.list[str]] = {}
         for raw in checkpoint_ids:
             row = self.repository.get_checkpoint(validate_checkpoint_id(raw))
             by_thread.setdefault(row.thread_id, []).append(row.id)
@@ -812,10 +839,10 @@ class CheckpointDomainService:
             self._caches.forget_thread(thread_id)
         return sum(len(ids) for ids in by_thread.values())
 
-    def expire_due(self, now: datetime | None = None) -> list[str]:
+    def expire_due(self, now: datetime | None = None) -> builtins.list[str]:
         """Mark active checkpoints past their expiry as expired; returns their ids."""
         moment = datetime_to_us(now) if now else now_us()
-        expired: list[str] = []
+        expired: builtins.list[str] = []
         while True:
             due = self.repository.due_for_expiry(moment, limit=1000)
             if not due:
@@ -838,10 +865,12 @@ class CheckpointDomainService:
         for thread in self._all_threads():
             for row in self.scan(thread.id, expired_only, limit=100_000):
                 rows_by_thread.setdefault(thread.id, {})[row.id] = row
-        candidates: dict[str, list[str]] = {}
+        candidates: dict[str, builtins.list[str]] = {}
         for thread_id, rows in rows_by_thread.items():
             heads = {b.head for b in self.repository.list_branches(thread_id)}
-            chosen = [cid for cid, row in rows.items() if cid not in heads and not self._checkpoint(row).protected]
+            chosen = [
+                cid for cid, row in rows.items() if cid not in heads and not self._checkpoint(row).protected
+            ]
             if chosen:
                 candidates[thread_id] = sorted(chosen)
         freed = 0

@@ -120,10 +120,7 @@ class _IdClock:
             if floor_ms > wall_ms + 60_000:  # not our layout (or a wild clock): do not follow it
                 floor_ms, floor_seq = 0, -1
             ms = max(wall_ms, self._last_ms, floor_ms)
-            if ms == self._last_ms:
-                seq = self._seq + 1
-            else:
-                seq = 0
+            seq = self._seq + 1 if ms == self._last_ms else 0
             if ms == floor_ms and seq <= floor_seq:
                 seq = floor_seq + 1
             if seq > 0xFFF:  # 4096 ids in one millisecond: borrow the next one

@@ -33,7 +33,9 @@ def _open_memory(url: str, path: str, options: Mapping[str, str]) -> CheckpointR
 def _open_sqlite(url: str, path: str, options: Mapping[str, str]) -> CheckpointRepository:
     module = importlib.import_module("threadline.storage.sqlite")
     if not path or path == "/":
-        raise InvalidInput(f"{url!r} names no database file; use sqlite:///relative.db or sqlite:////absolute.db")
+        raise InvalidInput(
+            f"{url!r} names no database file; use sqlite:///relative.db or sqlite:////absolute.db"
+        )
     # sqlite:///x.db -> "x.db" (relative), sqlite:////abs/x.db -> "/abs/x.db"
     file = unquote(path[1:] if path.startswith("/") else path)
     repo: CheckpointRepository = module.SQLiteRepository(file, synchronous=options.get("synchronous", "full"))
@@ -45,7 +47,8 @@ def _open_postgres(url: str, path: str, options: Mapping[str, str]) -> Checkpoin
         module = importlib.import_module("threadline.storage.postgres")
     except ModuleNotFoundError as exc:
         raise InvalidInput(
-            f"PostgreSQL stores need the PostgreSQL backend ({exc.name} is missing): pip install 'threadline[postgres]'"
+            f"PostgreSQL stores need the PostgreSQL backend ({exc.name} is missing): "
+            "pip install 'threadline[postgres]'"
         ) from None
     repo: CheckpointRepository = module.PostgresRepository(url)
     return repo
@@ -78,7 +81,9 @@ def open_repository(url: str) -> CheckpointRepository:
         known = ", ".join(f"{s}://" for s in BACKENDS)
         raise InvalidInput(f"unknown store URL scheme {parts.scheme!r} in {url!r}; known schemes: {known}")
     if parts.scheme.lower() == "sqlite" and parts.netloc:
-        raise InvalidInput(f"{url!r}: a SQLite URL has three slashes: sqlite:///relative.db or sqlite:////abs/path.db")
+        raise InvalidInput(
+            f"{url!r}: a SQLite URL has three slashes: sqlite:///relative.db or sqlite:////abs/path.db"
+        )
     options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     return opener(url, parts.path, options)
 
@@ -94,7 +99,9 @@ class Store:
         checkpoints: the checkpoint core layer.
     """
 
-    def __init__(self, repository: CheckpointRepository, *, serializer: Serializer | None = None, **options: Any) -> None:
+    def __init__(
+        self, repository: CheckpointRepository, *, serializer: Serializer | None = None, **options: Any
+    ) -> None:
         self.repository = repository
         self.serializer = serializer or Serializer()
         self.checkpoints = CheckpointDomainService(repository, self.serializer, **options)
@@ -110,7 +117,9 @@ class Store:
     def __enter__(self) -> Store:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     async def __aenter__(self) -> Store:

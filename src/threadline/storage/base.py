@@ -200,7 +200,7 @@ class LifecycleUpdate:
     """Fields of a checkpoint that may change after it is written."""
 
     status: CheckpointStatus | None = None
-    expires_at: int | None | Any = _UNSET
+    expires_at: int | Any | None = _UNSET
     header: bytes | None = None
     restore_delta: int = 0
     protected: bool | None = None
@@ -267,7 +267,12 @@ class CheckpointRepository(abc.ABC):
 
     @abc.abstractmethod
     def create_thread(
-        self, thread_id: str, *, created_at: int, session_id: str | None, metadata: bytes,
+        self,
+        thread_id: str,
+        *,
+        created_at: int,
+        session_id: str | None,
+        metadata: bytes,
         origin: bytes | None = None,
     ) -> ThreadRow:
         """Create a thread with an empty ``main`` branch.
@@ -308,7 +313,9 @@ class CheckpointRepository(abc.ABC):
     # ------------------------------------------------------------ checkpoints
 
     @abc.abstractmethod
-    def append_checkpoint(self, write: CheckpointWrite, *, expected_head: str | None | Any = UNSET) -> CheckpointRow:
+    def append_checkpoint(
+        self, write: CheckpointWrite, *, expected_head: str | Any | None = UNSET
+    ) -> CheckpointRow:
         """Store one checkpoint and advance its branch head, atomically.
 
         The new checkpoint's parent is the branch head read inside the
@@ -451,12 +458,16 @@ def rewrite_list_ids(manifest: Manifest, renames: Mapping[int, int]) -> Manifest
     if not renames:
         return manifest
     return {
-        key: ListRef(renames[ref.list_id], ref.length) if isinstance(ref, ListRef) and ref.list_id in renames else ref
+        key: ListRef(renames[ref.list_id], ref.length)
+        if isinstance(ref, ListRef) and ref.list_id in renames
+        else ref
         for key, ref in manifest.items()
     }
 
 
-def relink(parents: Mapping[str, tuple[str | None, str | None]], deleted: set[str]) -> dict[str, tuple[str | None, str | None]]:
+def relink(
+    parents: Mapping[str, tuple[str | None, str | None]], deleted: set[str]
+) -> dict[str, tuple[str | None, str | None]]:
     """New (parent, merge_parent) of survivors whose parents are being deleted.
 
     ``parents`` maps every checkpoint id of a thread to its two parents. A
@@ -474,7 +485,9 @@ def relink(parents: Mapping[str, tuple[str | None, str | None]], deleted: set[st
     return changes
 
 
-def nearest_survivor(parents: Mapping[str, tuple[str | None, str | None]], start: str | None, deleted: set[str]) -> str | None:
+def nearest_survivor(
+    parents: Mapping[str, tuple[str | None, str | None]], start: str | None, deleted: set[str]
+) -> str | None:
     """The first ancestor-or-self of ``start`` that is not deleted."""
     steps = 0
     while start is not None and start in deleted:

@@ -92,7 +92,12 @@ class MemoryRepository(CheckpointRepository):
     # ------------------------------------------------------------ threads
 
     def create_thread(
-        self, thread_id: str, *, created_at: int, session_id: str | None, metadata: bytes,
+        self,
+        thread_id: str,
+        *,
+        created_at: int,
+        session_id: str | None,
+        metadata: bytes,
         origin: bytes | None = None,
     ) -> ThreadRow:
         with self._lock:
@@ -113,8 +118,11 @@ class MemoryRepository(CheckpointRepository):
     ) -> list[ThreadRow]:
         with self._lock:
             rows = sorted(
-                (t.row for t in self._threads.values()
-                 if (session_id is None or t.row.session_id == session_id) and t.row.id > (after or "")),
+                (
+                    t.row
+                    for t in self._threads.values()
+                    if (session_id is None or t.row.session_id == session_id) and t.row.id > (after or "")
+                ),
                 key=lambda r: r.id,
             )
             return rows[:limit]
@@ -192,7 +200,9 @@ class MemoryRepository(CheckpointRepository):
 
     # ------------------------------------------------------------ checkpoints
 
-    def append_checkpoint(self, write: CheckpointWrite, *, expected_head: str | None | Any = UNSET) -> CheckpointRow:
+    def append_checkpoint(
+        self, write: CheckpointWrite, *, expected_head: str | Any | None = UNSET
+    ) -> CheckpointRow:
         with self._lock:
             thread = self._thread(write.thread_id)
             branch = thread.branches.get(write.branch)
@@ -221,7 +231,9 @@ class MemoryRepository(CheckpointRepository):
             if write.milestone is not None and any(
                 self._checkpoints[c].milestone == write.milestone for c in thread.ids
             ):
-                raise AlreadyExists(f"milestone {write.milestone!r} already exists in thread {write.thread_id!r}")
+                raise AlreadyExists(
+                    f"milestone {write.milestone!r} already exists in thread {write.thread_id!r}"
+                )
 
             # Plan every change first; apply only when nothing can fail any more.
             new_lists: dict[int, _List] = {}
@@ -243,7 +255,9 @@ class MemoryRepository(CheckpointRepository):
                     new_lists[la.list_id] = _List(write.thread_id, None, 0, 0, items)
                     continue
                 if existing.length < la.start:
-                    raise StaleReference(f"list {la.list_id} has {existing.length} items, fewer than {la.start}")
+                    raise StaleReference(
+                        f"list {la.list_id} has {existing.length} items, fewer than {la.start}"
+                    )
                 if existing.sealed or existing.length != la.start or existing.owner != write.thread_id:
                     fork_id = self._new_list_id(set(new_lists))
                     lst = self._derived(write.thread_id, la.list_id, la.start)
@@ -275,11 +289,21 @@ class MemoryRepository(CheckpointRepository):
                     stored += len(data)
             stored += len(manifest_bytes) + len(write.header)
             row = CheckpointRow(
-                id=write.id, thread_id=write.thread_id, branch=write.branch, parent_id=parent,
-                merge_parent_id=write.merge_parent_id, kind=write.kind, status=CheckpointStatus.ACTIVE,
-                created_at=write.created_at, expires_at=write.expires_at, restore_count=0,
-                logical_size=write.logical_size, stored_size=stored, header=write.header,
-                manifest=manifest, milestone=write.milestone,
+                id=write.id,
+                thread_id=write.thread_id,
+                branch=write.branch,
+                parent_id=parent,
+                merge_parent_id=write.merge_parent_id,
+                kind=write.kind,
+                status=CheckpointStatus.ACTIVE,
+                created_at=write.created_at,
+                expires_at=write.expires_at,
+                restore_count=0,
+                logical_size=write.logical_size,
+                stored_size=stored,
+                header=write.header,
+                manifest=manifest,
+                milestone=write.milestone,
             )
             # Apply.
             for digest, data in carried_blobs.items():
@@ -308,12 +332,16 @@ class MemoryRepository(CheckpointRepository):
 
     def find_checkpoints(self, prefix: str, limit: int = 10) -> list[str]:
         with self._lock:
-            return sorted(c for c in self._checkpoints if c.replace("-", "").startswith(prefix.replace("-", "").lower()))[:limit]
+            return sorted(
+                c for c in self._checkpoints if c.replace("-", "").startswith(prefix.replace("-", "").lower())
+            )[:limit]
 
     def scan_checkpoints(self, thread_id: str, query: RowQuery) -> list[CheckpointRow]:
         with self._lock:
             thread = self._thread(thread_id)
-            end = bisect.bisect_left(thread.ids, query.before) if query.before is not None else len(thread.ids)
+            end = (
+                bisect.bisect_left(thread.ids, query.before) if query.before is not None else len(thread.ids)
+            )
             out: list[CheckpointRow] = []
             for cid in reversed(thread.ids[:end]):
                 row = self._checkpoints[cid]
@@ -383,16 +411,21 @@ class MemoryRepository(CheckpointRepository):
         with self._lock:
             thread = self._thread(thread_id)
             parents = {
-                cid: (self._checkpoints[cid].parent_id, self._checkpoints[cid].merge_parent_id) for cid in thread.ids
+                cid: (self._checkpoints[cid].parent_id, self._checkpoints[cid].merge_parent_id)
+                for cid in thread.ids
             }
             deleted = {cid for cid in checkpoint_ids if cid in parents}
             if not deleted:
                 return GcReport()
             for cid, (parent, merge) in relink(parents, deleted).items():
-                self._checkpoints[cid] = replace(self._checkpoints[cid], parent_id=parent, merge_parent_id=merge)
+                self._checkpoints[cid] = replace(
+                    self._checkpoints[cid], parent_id=parent, merge_parent_id=merge
+                )
             for name, branch in list(thread.branches.items()):
                 if branch.head in deleted:
-                    thread.branches[name] = replace(branch, head=nearest_survivor(parents, branch.head, deleted))
+                    thread.branches[name] = replace(
+                        branch, head=nearest_survivor(parents, branch.head, deleted)
+                    )
             for cid in deleted:
                 del self._checkpoints[cid]
             thread.ids = [c for c in thread.ids if c not in deleted]
@@ -401,14 +434,19 @@ class MemoryRepository(CheckpointRepository):
     def due_for_expiry(self, now: int, limit: int = 1000) -> list[str]:
         with self._lock:
             due = sorted(
-                (r.expires_at, r.id) for r in self._checkpoints.values()
+                (r.expires_at, r.id)
+                for r in self._checkpoints.values()
                 if r.expires_at is not None and r.expires_at <= now and r.status is CheckpointStatus.ACTIVE
             )
             return [cid for _, cid in due[:limit]]
 
     def stats(self, thread_ids: Sequence[str] | None = None) -> StatsRow:
         with self._lock:
-            threads = [self._thread(t) for t in thread_ids] if thread_ids is not None else list(self._threads.values())
+            threads = (
+                [self._thread(t) for t in thread_ids]
+                if thread_ids is not None
+                else list(self._threads.values())
+            )
             rows = [self._checkpoints[c] for t in threads for c in t.ids]
             by_kind: dict[str, int] = {}
             by_status: dict[str, int] = {}
@@ -416,8 +454,12 @@ class MemoryRepository(CheckpointRepository):
                 by_kind[r.kind.value] = by_kind.get(r.kind.value, 0) + 1
                 by_status[r.status.value] = by_status.get(r.status.value, 0) + 1
             return StatsRow(
-                threads=len(threads), checkpoints=len(rows), by_kind=by_kind, by_status=by_status,
-                logical_bytes=sum(r.logical_size for r in rows), stored_bytes=sum(r.stored_size for r in rows),
+                threads=len(threads),
+                checkpoints=len(rows),
+                by_kind=by_kind,
+                by_status=by_status,
+                logical_bytes=sum(r.logical_size for r in rows),
+                stored_bytes=sum(r.stored_size for r in rows),
                 oldest=min((r.created_at for r in rows), default=None),
                 newest=max((r.created_at for r in rows), default=None),
                 restores=sum(r.restore_count for r in rows),
@@ -438,7 +480,8 @@ class MemoryRepository(CheckpointRepository):
                 needs[lid] = max(needs.get(lid, 0), n)
         owned = {
             lid: ListInfo(lid, lst.base_id, lst.base_len, lst.length)
-            for lid, lst in self._lists.items() if lst.owner == tid
+            for lid, lst in self._lists.items()
+            if lst.owner == tid
         }
         for lst in self._lists.values():
             if lst.base_id in owned and lst.owner != tid:
@@ -476,7 +519,9 @@ class MemoryRepository(CheckpointRepository):
             if base is None or base.owner in self._threads:
                 continue
             need = max((x.base_len for x in self._lists.values() if x.base_id == base_id), default=0)
-            sub = self._drop_lists({base_id: ListInfo(base_id, base.base_id, base.base_len, base.length)}, {base_id: need})
+            sub = self._drop_lists(
+                {base_id: ListInfo(base_id, base.base_id, base.base_len, base.length)}, {base_id: need}
+            )
             items, size, lists = items + sub.list_items, size + sub.bytes, lists + sub.lists
         return GcReport(list_items=items, lists=lists, bytes=size)
 
@@ -485,7 +530,12 @@ class MemoryRepository(CheckpointRepository):
             blobs = items = lists = size = 0
             for thread in list(self._threads.values()):
                 r = self._gc_thread(thread)
-                blobs, items, lists, size = blobs + r.blobs, items + r.list_items, lists + r.lists, size + r.bytes
+                blobs, items, lists, size = (
+                    blobs + r.blobs,
+                    items + r.list_items,
+                    lists + r.lists,
+                    size + r.bytes,
+                )
             live = {h for t in self._threads.values() for h in t.blobs}
             for digest in set(self._blobs) - live:
                 size += len(self._blobs.pop(digest))
@@ -494,7 +544,9 @@ class MemoryRepository(CheckpointRepository):
 
     def storage_bytes(self) -> int:
         with self._lock:
-            rows = sum(len(r.header) + len(encode_manifest(r.manifest)) + 64 for r in self._checkpoints.values())
+            rows = sum(
+                len(r.header) + len(encode_manifest(r.manifest)) + 64 for r in self._checkpoints.values()
+            )
             items = sum(len(d) + 16 for lst in self._lists.values() for _, d in lst.items)
             return rows + items + sum(len(b) + 16 for b in self._blobs.values())
 

@@ -27,8 +27,8 @@ from threadline.errors import (
     IntegrityError,
     InvalidInput,
     NotFound,
-    StaleReference,
     SchemaError,
+    StaleReference,
     StorageError,
 )
 from threadline.model import (
@@ -44,7 +44,6 @@ from threadline.storage.base import (
     MAX_LIST_DEPTH,
     SCHEMA_VERSION,
     UNSET,
-    BlobRef,
     BranchRow,
     CheckpointRepository,
     CheckpointRow,
@@ -114,7 +113,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 manifest BLOB NOT NULL
             ) WITHOUT ROWID""",
             "CREATE INDEX checkpoints_by_thread ON checkpoints (tkey, id)",
-            "CREATE UNIQUE INDEX checkpoints_milestone ON checkpoints (tkey, milestone) WHERE milestone IS NOT NULL",
+            "CREATE UNIQUE INDEX checkpoints_milestone ON checkpoints (tkey, milestone) "
+            "WHERE milestone IS NOT NULL",
             "CREATE INDEX checkpoints_expiry ON checkpoints (expires_at) WHERE expires_at IS NOT NULL",
             """CREATE TABLE blobs (
                 bkey INTEGER PRIMARY KEY,
@@ -180,7 +180,9 @@ class SQLiteRepository(CheckpointRepository):
         else:
             p = Path(path)  # type: ignore[arg-type]
             if not p.parent.exists():
-                raise InvalidInput(f"cannot create store {str(p)!r}: directory {str(p.parent)!r} does not exist")
+                raise InvalidInput(
+                    f"cannot create store {str(p)!r}: directory {str(p.parent)!r} does not exist"
+                )
             if p.is_dir():
                 raise InvalidInput(f"cannot open store {str(p)!r}: it is a directory")
             self.path = p
@@ -240,7 +242,9 @@ class SQLiteRepository(CheckpointRepository):
         except sqlite3.DatabaseError as exc:
             text = str(exc)
             if "file is not a database" in text or "malformed" in text:
-                raise SchemaError(f"{self.url} is not a threadline store (not a valid SQLite database)") from exc
+                raise SchemaError(
+                    f"{self.url} is not a threadline store (not a valid SQLite database)"
+                ) from exc
             raise StorageError(f"{self.url}: {text}") from exc
 
     @staticmethod
@@ -315,7 +319,9 @@ class SQLiteRepository(CheckpointRepository):
             found = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             version = 0
             if "threadline_meta" in found:
-                version = int(c.execute("SELECT value FROM threadline_meta WHERE key = 'schema_version'").fetchone()[0])
+                version = int(
+                    c.execute("SELECT value FROM threadline_meta WHERE key = 'schema_version'").fetchone()[0]
+                )
             for target, statements in MIGRATIONS:
                 if target <= version:
                     continue
@@ -352,8 +358,12 @@ class SQLiteRepository(CheckpointRepository):
     @staticmethod
     def _thread_row(row: Sequence[Any]) -> ThreadRow:
         return ThreadRow(
-            id=row[0], created_at=row[1], session_id=row[2], metadata=bytes(row[3]),
-            default_branch=row[4], origin=bytes(row[5]) if row[5] is not None else None,
+            id=row[0],
+            created_at=row[1],
+            session_id=row[2],
+            metadata=bytes(row[3]),
+            default_branch=row[4],
+            origin=bytes(row[5]) if row[5] is not None else None,
         )
 
     _THREAD_COLS = "id, created_at, session_id, metadata, default_branch, origin"
@@ -475,7 +485,10 @@ class SQLiteRepository(CheckpointRepository):
                     self._create_list(c, tkey, target, (la.list_id, la.start))
         c.executemany(
             "INSERT INTO items (list_id, pos, crc, data) VALUES (?, ?, ?, ?)",
-            [(target, la.start + i, crc, data) for i, (crc, data) in enumerate(zip(la.crcs, la.items, strict=True))],
+            [
+                (target, la.start + i, crc, data)
+                for i, (crc, data) in enumerate(zip(la.crcs, la.items, strict=True))
+            ],
         )
         return target, sum(len(d) for d in la.items)
 
@@ -493,7 +506,12 @@ class SQLiteRepository(CheckpointRepository):
     # ------------------------------------------------------------ threads
 
     def create_thread(
-        self, thread_id: str, *, created_at: int, session_id: str | None, metadata: bytes,
+        self,
+        thread_id: str,
+        *,
+        created_at: int,
+        session_id: str | None,
+        metadata: bytes,
         origin: bytes | None = None,
     ) -> ThreadRow:
         def op(c: sqlite3.Connection) -> ThreadRow:
@@ -587,7 +605,9 @@ class SQLiteRepository(CheckpointRepository):
 
     # ------------------------------------------------------------ checkpoints
 
-    def append_checkpoint(self, write: CheckpointWrite, *, expected_head: str | None | Any = UNSET) -> CheckpointRow:
+    def append_checkpoint(
+        self, write: CheckpointWrite, *, expected_head: str | Any | None = UNSET
+    ) -> CheckpointRow:
         def op(c: sqlite3.Connection) -> CheckpointRow:
             tkey = self._tkey(c, write.thread_id)
             branch = c.execute(
@@ -632,28 +652,41 @@ class SQLiteRepository(CheckpointRepository):
             carried = {la.list_id for la in write.lists}
             manifest = rewrite_list_ids(write.manifest, renames)
             for key, ref in list(manifest.items()):
-                if isinstance(ref, ListRef) and ref.list_id not in carried and ref.list_id not in renames.values():
+                if (
+                    isinstance(ref, ListRef)
+                    and ref.list_id not in carried
+                    and ref.list_id not in renames.values()
+                ):
                     manifest[key] = self._check_list_ref(c, tkey, ref)
             new_blobs = {b.hash for b in write.blobs}
             for blob in write.blobs:
-                cur = c.execute("INSERT OR IGNORE INTO blobs (hash, data) VALUES (?, ?)", (blob.hash, blob.data))
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO blobs (hash, data) VALUES (?, ?)", (blob.hash, blob.data)
+                )
                 if cur.rowcount:
                     stored += len(blob.data)
             blob_refs, _ = manifest_refs(manifest)
             for digest in blob_refs:
-                cur = c.execute("INSERT OR IGNORE INTO thread_blobs (tkey, hash) VALUES (?, ?)", (tkey, digest))
-                if cur.rowcount and digest not in new_blobs:
-                    if c.execute("SELECT 1 FROM blobs WHERE hash = ?", (digest,)).fetchone() is None:
-                        raise StaleReference(f"blob {digest.hex()} does not exist")
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO thread_blobs (tkey, hash) VALUES (?, ?)", (tkey, digest)
+                )
+                fresh = cur.rowcount and digest not in new_blobs
+                if fresh and c.execute("SELECT 1 FROM blobs WHERE hash = ?", (digest,)).fetchone() is None:
+                    raise StaleReference(f"blob {digest.hex()} does not exist")
             manifest_bytes = encode_manifest(manifest)
             stored += len(manifest_bytes) + len(write.header)
             cid = checkpoint_id_bytes(write.id)
             if c.execute("SELECT 1 FROM checkpoints WHERE id = ?", (cid,)).fetchone():
                 raise AlreadyExists(f"checkpoint {write.id} already exists")
-            if write.milestone is not None and c.execute(
-                "SELECT 1 FROM checkpoints WHERE tkey = ? AND milestone = ?", (tkey, write.milestone)
-            ).fetchone():
-                raise AlreadyExists(f"milestone {write.milestone!r} already exists in thread {write.thread_id!r}")
+            if (
+                write.milestone is not None
+                and c.execute(
+                    "SELECT 1 FROM checkpoints WHERE tkey = ? AND milestone = ?", (tkey, write.milestone)
+                ).fetchone()
+            ):
+                raise AlreadyExists(
+                    f"milestone {write.milestone!r} already exists in thread {write.thread_id!r}"
+                )
             parent_b = checkpoint_id_bytes(parent) if parent else None
             merge_b = checkpoint_id_bytes(write.merge_parent_id) if write.merge_parent_id else None
             c.execute(
@@ -661,18 +694,39 @@ class SQLiteRepository(CheckpointRepository):
                 "expires_at, logical_size, stored_size, milestone, protected, header, manifest) "
                 "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    cid, tkey, bkey, parent_b, merge_b, KIND_CODES[write.kind], write.created_at,
-                    write.expires_at, write.logical_size, stored, write.milestone,
-                    1 if write.milestone is not None else 0, write.header, manifest_bytes,
+                    cid,
+                    tkey,
+                    bkey,
+                    parent_b,
+                    merge_b,
+                    KIND_CODES[write.kind],
+                    write.created_at,
+                    write.expires_at,
+                    write.logical_size,
+                    stored,
+                    write.milestone,
+                    1 if write.milestone is not None else 0,
+                    write.header,
+                    manifest_bytes,
                 ),
             )
             c.execute("UPDATE branches SET head = ? WHERE bkey = ?", (cid, bkey))
             return CheckpointRow(
-                id=write.id, thread_id=write.thread_id, branch=write.branch, parent_id=parent,
-                merge_parent_id=write.merge_parent_id, kind=write.kind, status=STATUSES_BY_CODE[0],
-                created_at=write.created_at, expires_at=write.expires_at, restore_count=0,
-                logical_size=write.logical_size, stored_size=stored, header=write.header,
-                manifest=manifest, milestone=write.milestone,
+                id=write.id,
+                thread_id=write.thread_id,
+                branch=write.branch,
+                parent_id=parent,
+                merge_parent_id=write.merge_parent_id,
+                kind=write.kind,
+                status=STATUSES_BY_CODE[0],
+                created_at=write.created_at,
+                expires_at=write.expires_at,
+                restore_count=0,
+                logical_size=write.logical_size,
+                stored_size=stored,
+                header=write.header,
+                manifest=manifest,
+                milestone=write.milestone,
             )
 
         return self._write(op)
@@ -680,7 +734,8 @@ class SQLiteRepository(CheckpointRepository):
     def get_checkpoint(self, checkpoint_id: str) -> CheckpointRow:
         def op(c: sqlite3.Connection) -> CheckpointRow:
             row = c.execute(
-                f"SELECT {self._CP_COLS} FROM {self._CP_FROM} WHERE c.id = ?", (checkpoint_id_bytes(checkpoint_id),)
+                f"SELECT {self._CP_COLS} FROM {self._CP_FROM} WHERE c.id = ?",
+                (checkpoint_id_bytes(checkpoint_id),),
             ).fetchone()
             if row is None:
                 raise NotFound(f"checkpoint {checkpoint_id} does not exist")
@@ -807,7 +862,8 @@ class SQLiteRepository(CheckpointRepository):
             changed = 0
             for cid in checkpoint_ids:
                 cur = c.execute(
-                    f"UPDATE checkpoints SET {', '.join(sets)} WHERE id = ?", [*args, checkpoint_id_bytes(cid)]
+                    f"UPDATE checkpoints SET {', '.join(sets)} WHERE id = ?",
+                    [*args, checkpoint_id_bytes(cid)],
                 )
                 changed += cur.rowcount
             return changed
@@ -844,7 +900,9 @@ class SQLiteRepository(CheckpointRepository):
                         "UPDATE branches SET head = ? WHERE bkey = ?",
                         (checkpoint_id_bytes(survivor) if survivor else None, bkey),
                     )
-            c.executemany("DELETE FROM checkpoints WHERE id = ?", [(checkpoint_id_bytes(x),) for x in deleted])
+            c.executemany(
+                "DELETE FROM checkpoints WHERE id = ?", [(checkpoint_id_bytes(x),) for x in deleted]
+            )
             return self._gc_thread(c, tkey)
 
         return self._write(op)
@@ -875,7 +933,9 @@ class SQLiteRepository(CheckpointRepository):
                 f"SELECT kind, status, count(*) FROM checkpoints {where} GROUP BY kind, status", args
             ):
                 by_kind[KINDS_BY_CODE[kind].value] = by_kind.get(KINDS_BY_CODE[kind].value, 0) + n
-                by_status[STATUSES_BY_CODE[status].value] = by_status.get(STATUSES_BY_CODE[status].value, 0) + n
+                by_status[STATUSES_BY_CODE[status].value] = (
+                    by_status.get(STATUSES_BY_CODE[status].value, 0) + n
+                )
             total, logical, stored, oldest, newest, restores, milestones = c.execute(
                 "SELECT count(*), coalesce(sum(logical_size), 0), coalesce(sum(stored_size), 0), "
                 "min(created_at), max(created_at), coalesce(sum(restore_count), 0), count(milestone) "
@@ -884,9 +944,17 @@ class SQLiteRepository(CheckpointRepository):
             ).fetchone()
             branches = c.execute(f"SELECT count(*) FROM branches {where}", args).fetchone()[0]
             return StatsRow(
-                threads=tcount, checkpoints=total, by_kind=by_kind, by_status=by_status,
-                logical_bytes=logical, stored_bytes=stored, oldest=oldest, newest=newest,
-                restores=restores, branches=branches, milestones=milestones,
+                threads=tcount,
+                checkpoints=total,
+                by_kind=by_kind,
+                by_status=by_status,
+                logical_bytes=logical,
+                stored_bytes=stored,
+                oldest=oldest,
+                newest=newest,
+                restores=restores,
+                branches=branches,
+                milestones=milestones,
             )
 
         return self._read(op)
@@ -914,9 +982,7 @@ class SQLiteRepository(CheckpointRepository):
         ):
             needs[base_id] = max(needs.get(base_id, 0), n)
         report = self._drop_lists(c, owned, needs)
-        candidates = [
-            bytes(h) for (h,) in c.execute("SELECT hash FROM thread_blobs WHERE tkey = ?", (tkey,))
-        ]
+        candidates = [bytes(h) for (h,) in c.execute("SELECT hash FROM thread_blobs WHERE tkey = ?", (tkey,))]
         dropped = [h for h in candidates if h not in blob_refs]
         blob_count = blob_bytes = 0
         for digest in dropped:
@@ -927,15 +993,22 @@ class SQLiteRepository(CheckpointRepository):
                 blob_count += 1
                 blob_bytes += size[0] if size else 0
         return GcReport(
-            blobs=blob_count, list_items=report.list_items, lists=report.lists, bytes=report.bytes + blob_bytes
+            blobs=blob_count,
+            list_items=report.list_items,
+            lists=report.lists,
+            bytes=report.bytes + blob_bytes,
         )
 
-    def _drop_lists(self, c: sqlite3.Connection, owned: Mapping[int, ListInfo], needs: Mapping[int, int]) -> GcReport:
+    def _drop_lists(
+        self, c: sqlite3.Connection, owned: Mapping[int, ListInfo], needs: Mapping[int, int]
+    ) -> GcReport:
         drop, trim = plan_list_gc(owned, needs)
         items = size = 0
         orphan_bases: set[int] = set()
         for lid in drop:
-            n, b = c.execute("SELECT count(*), coalesce(sum(length(data)), 0) FROM items WHERE list_id = ?", (lid,)).fetchone()
+            n, b = c.execute(
+                "SELECT count(*), coalesce(sum(length(data)), 0) FROM items WHERE list_id = ?", (lid,)
+            ).fetchone()
             items, size = items + n, size + b
             c.execute("DELETE FROM items WHERE list_id = ?", (lid,))
             c.execute("DELETE FROM lists WHERE list_id = ?", (lid,))
@@ -961,9 +1034,11 @@ class SQLiteRepository(CheckpointRepository):
             sub = self._drop_lists(
                 c,
                 {base_id: ListInfo(base_id, row[1], row[2], self._list_length(c, base_id, row[2]))},
-                {base_id: c.execute(
-                    "SELECT coalesce(max(base_len), 0) FROM lists WHERE base_id = ?", (base_id,)
-                ).fetchone()[0]},
+                {
+                    base_id: c.execute(
+                        "SELECT coalesce(max(base_len), 0) FROM lists WHERE base_id = ?", (base_id,)
+                    ).fetchone()[0]
+                },
             )
             items, size = items + sub.list_items, size + sub.bytes
             drop.extend([base_id] if sub.lists else [])
@@ -972,14 +1047,23 @@ class SQLiteRepository(CheckpointRepository):
     def collect_garbage(self) -> GcReport:
         def op(c: sqlite3.Connection) -> GcReport:
             total = GcReport()
-            keys = [r[0] for r in c.execute("SELECT DISTINCT tkey FROM lists UNION SELECT DISTINCT tkey FROM thread_blobs")]
+            keys = [
+                r[0]
+                for r in c.execute(
+                    "SELECT DISTINCT tkey FROM lists UNION SELECT DISTINCT tkey FROM thread_blobs"
+                )
+            ]
             for tkey in keys:
                 r = self._gc_thread(c, tkey)
                 total = GcReport(
-                    total.blobs + r.blobs, total.list_items + r.list_items, total.lists + r.lists, total.bytes + r.bytes
+                    total.blobs + r.blobs,
+                    total.list_items + r.list_items,
+                    total.lists + r.lists,
+                    total.bytes + r.bytes,
                 )
             orphan = c.execute(
-                "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM thread_blobs tb WHERE tb.hash = blobs.hash)"
+                "DELETE FROM blobs WHERE NOT EXISTS "
+                "(SELECT 1 FROM thread_blobs tb WHERE tb.hash = blobs.hash)"
             ).rowcount
             return GcReport(total.blobs + orphan, total.list_items, total.lists, total.bytes)
 
@@ -1000,7 +1084,9 @@ class SQLiteRepository(CheckpointRepository):
             self._retry(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
         if self.path is None:
             c = self._conn()
-            return int(c.execute("PRAGMA page_count").fetchone()[0]) * int(c.execute("PRAGMA page_size").fetchone()[0])
+            return int(c.execute("PRAGMA page_count").fetchone()[0]) * int(
+                c.execute("PRAGMA page_size").fetchone()[0]
+            )
         total = 0
         for suffix in ("", "-wal"):
             with contextlib.suppress(FileNotFoundError):
