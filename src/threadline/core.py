@@ -453,12 +453,12 @@ class CheckpointDomainService:
     ) -> CheckpointRow | None:
         """The checkpoint whose values the new one is most likely to share."""
         if branch_from is not UNSET:
-            return self.repository.get_checkpoint(branch_from) if branch_from else None
+            return self.repository.get_checkpoint(branch_from, thread_id) if branch_from else None
         cached = self._caches.head(thread_id, branch)
         if cached is not None:
             return cached
         head = self.repository.get_branch(thread_id, branch).head
-        return self.repository.get_checkpoint(head) if head else None
+        return self.repository.get_checkpoint(head, thread_id) if head else None
 
     def _remember(self, row: CheckpointRow, plan: _Plan) -> None:
         self._caches.remember_head(row)
@@ -618,30 +618,41 @@ class CheckpointDomainService:
 
     # ------------------------------------------------------------ read
 
-    def get(self, checkpoint_id: str) -> Checkpoint:
-        """A checkpoint's fields (not its state). Raises NotFound, InvalidInput."""
-        return self._checkpoint(self.repository.get_checkpoint(validate_checkpoint_id(checkpoint_id)))
+    def row(self, checkpoint_id: str, thread_id: str | None = None) -> CheckpointRow:
+        """The stored row of a checkpoint (for the layers above). Raises NotFound, InvalidInput."""
+        return self.repository.get_checkpoint(
+            validate_checkpoint_id(checkpoint_id),
+            validate_id(thread_id, "thread id") if thread_id is not None else None,
+        )
+
+    def get(self, checkpoint_id: str, thread_id: str | None = None) -> Checkpoint:
+        """A checkpoint's fields (not its state).
+
+        ``thread_id`` is needed only for ids present in several threads (copies).
+        Raises NotFound, InvalidInput.
+        """
+        return self._checkpoint(self.row(checkpoint_id, thread_id))
 
     def latest(self, thread_id: str, branch: str = DEFAULT_BRANCH) -> Checkpoint | None:
         """The head of a branch, or None when the branch is empty. Raises NotFound."""
-        head = self.repository.get_branch(
-            validate_id(thread_id, "thread id"), validate_name(branch, "branch")
-        ).head
-        return self.get(head) if head else None
+        thread_id = validate_id(thread_id, "thread id")
+        head = self.repository.get_branch(thread_id, validate_name(branch, "branch")).head
+        return self.get(head, thread_id) if head else None
 
-    def get_state(self, checkpoint_id: str) -> dict[str, Any]:
+    def get_state(self, checkpoint_id: str, thread_id: str | None = None) -> dict[str, Any]:
         """Exactly the state that was written, verified against its checksums.
 
         Raises:
             NotFound: no such checkpoint.
             IntegrityError: stored bytes no longer match their hash or checksum.
         """
-        row = self.repository.get_checkpoint(validate_checkpoint_id(checkpoint_id))
-        return self.materialize(row)
+        return self.materialize(self.row(checkpoint_id, thread_id))
 
-    def get_with_state(self, checkpoint_id: str) -> tuple[Checkpoint, dict[str, Any]]:
+    def get_with_state(
+        self, checkpoint_id: str, thread_id: str | None = None
+    ) -> tuple[Checkpoint, dict[str, Any]]:
         """A checkpoint and its state in one read."""
-        row = self.repository.get_checkpoint(validate_checkpoint_id(checkpoint_id))
+        row = self.row(checkpoint_id, thread_id)
         return self._checkpoint(row), self.materialize(row)
 
     def materialize(self, row: CheckpointRow) -> dict[str, Any]:
@@ -751,7 +762,7 @@ class CheckpointDomainService:
         )
         if start is None:
             return Page([], None)
-        rows = self.repository.walk_lineage(start, limit=limit + 1)
+        rows = self.repository.walk_lineage(thread_id, start, limit=limit + 1)
         items = [self._checkpoint(r) for r in rows[:limit]]
         return Page(items, rows[limit].id if len(rows) > limit else None)
 
@@ -773,70 +784,78 @@ class CheckpointDomainService:
 
     # ------------------------------------------------------------ lifecycle
 
-    def set_expiry(self, checkpoint_id: str, expires_at: datetime | None) -> Checkpoint:
-        """Set (or clear, with None) when a checkpoint expires. Raises NotFound."""
-        cid = validate_checkpoint_id(checkpoint_id)
-        row = self.repository.get_checkpoint(cid)
-        update = LifecycleUpdate(expires_at=datetime_to_us(expires_at) if expires_at else None)
-        if row.status is CheckpointStatus.EXPIRED and (
-            expires_at is None or datetime_to_us(expires_at) > now_us()
-        ):
-            update = LifecycleUpdate(status=CheckpointStatus.ACTIVE, expires_at=update.expires_at)
-        self.repository.update_checkpoints([cid], update)
-        return self.get(cid)
+    def set_expiry(
+        self, checkpoint_id: str, expires_at: datetime | None, *, thread_id: str | None = None
+    ) -> Checkpoint:
+        """Set (or clear, with None) when a checkpoint expires; a checkpoint given a
+        future expiry becomes active again. Raises NotFound."""
+        row = self.row(checkpoint_id, thread_id)
+        moment = datetime_to_us(expires_at) if expires_at is not None else None
+        status = None
+        if row.status is CheckpointStatus.EXPIRED and (moment is None or moment > now_us()):
+            status = CheckpointStatus.ACTIVE
+        self.repository.update_checkpoints(
+            row.thread_id, [row.id], LifecycleUpdate(status=status, expires_at=moment)
+        )
+        return self.get(row.id, row.thread_id)
 
-    def extend_expiry(self, checkpoint_id: str, by: timedelta) -> Checkpoint:
+    def extend_expiry(self, checkpoint_id: str, by: timedelta, *, thread_id: str | None = None) -> Checkpoint:
         """Push a checkpoint's expiry later by ``by`` (from now if it had none)."""
         if by <= timedelta(0):
             raise InvalidInput(f"extend_expiry needs a positive duration, got {by}")
-        current = self.get(checkpoint_id)
+        current = self.get(checkpoint_id, thread_id)
         base = current.expires_at or us_to_datetime(now_us())
-        return self.set_expiry(current.id, base + by)
+        return self.set_expiry(current.id, base + by, thread_id=current.thread_id)
 
-    def archive(self, checkpoint_id: str) -> Checkpoint:
-        """Mark a checkpoint archived: kept and readable, excluded from restores. Raises NotFound."""
-        cid = validate_checkpoint_id(checkpoint_id)
-        self.repository.get_checkpoint(cid)
-        self.repository.update_checkpoints([cid], LifecycleUpdate(status=CheckpointStatus.ARCHIVED))
-        return self.get(cid)
+    def archive(self, checkpoint_id: str, *, thread_id: str | None = None) -> Checkpoint:
+        """Mark a checkpoint archived: kept and readable, not restorable. Raises NotFound."""
+        row = self.row(checkpoint_id, thread_id)
+        self.repository.update_checkpoints(
+            row.thread_id, [row.id], LifecycleUpdate(status=CheckpointStatus.ARCHIVED)
+        )
+        return self.get(row.id, row.thread_id)
 
-    def set_tags(self, checkpoint_id: str, tags: Sequence[str]) -> Checkpoint:
+    def set_tags(
+        self, checkpoint_id: str, tags: Sequence[str], *, thread_id: str | None = None
+    ) -> Checkpoint:
         """Replace a checkpoint's tags (tags are lifecycle data; state never changes)."""
-        return self._update_header(checkpoint_id, tags=_check_tags(tags))
+        return self._update_header(self.row(checkpoint_id, thread_id), tags=_check_tags(tags))
 
-    def set_protected(self, checkpoint_id: str, protected: bool) -> Checkpoint:
+    def set_protected(
+        self, checkpoint_id: str, protected: bool, *, thread_id: str | None = None
+    ) -> Checkpoint:
         """Protect or unprotect a milestone from retention."""
-        checkpoint = self.get(checkpoint_id)
-        if checkpoint.milestone is None:
-            raise InvalidInput(
-                f"checkpoint {checkpoint.id} is not a milestone; only milestones are protected"
-            )
-        return self._update_header(checkpoint.id, protected=protected)
+        row = self.row(checkpoint_id, thread_id)
+        if row.milestone is None:
+            raise InvalidInput(f"checkpoint {row.id} is not a milestone; only milestones are protected")
+        return self._update_header(row, protected=protected)
 
-    def count_restore(self, checkpoint_id: str) -> None:
-        """Add one to a checkpoint's restore count."""
-        self.repository.update_checkpoints([checkpoint_id], LifecycleUpdate(restore_delta=1))
+    def count_restore(self, checkpoint_id: str, *, thread_id: str | None = None) -> None:
+        """Add one to a checkpoint's restore count (restores through the thread layer
+        count themselves, in the same transaction as the restoring write)."""
+        row = self.row(checkpoint_id, thread_id)
+        self.repository.update_checkpoints(row.thread_id, [row.id], LifecycleUpdate(restore_delta=1))
 
-    def _update_header(self, checkpoint_id: str, **changes: Any) -> Checkpoint:
-        cid = validate_checkpoint_id(checkpoint_id)
-        row = self.repository.get_checkpoint(cid)
+    def _update_header(self, row: CheckpointRow, **changes: Any) -> Checkpoint:
         header = self._decode_header(row.header)
         header.update(changes)
         if header.get("protected") is True:
             header.pop("protected")
-        self.repository.update_checkpoints([cid], LifecycleUpdate(header=self._encode_header(**header)))
-        return self.get(cid)
+        update = LifecycleUpdate(header=self._encode_header(**header))
+        self.repository.update_checkpoints(row.thread_id, [row.id], update)
+        return self.get(row.id, row.thread_id)
 
-    def delete(self, checkpoint_ids: Sequence[str]) -> int:
+    def delete(self, checkpoint_ids: Sequence[str], *, thread_id: str | None = None) -> int:
         """Delete checkpoints; survivors are re-linked to their nearest surviving
-        ancestor and unreferenced bytes are collected. Returns how many were deleted."""
+        ancestor and unreferenced bytes are collected, one transaction per thread.
+        Returns how many were deleted. Raises NotFound (nothing deleted then)."""
         by_thread: dict[str, builtins.list[str]] = {}
         for raw in checkpoint_ids:
-            row = self.repository.get_checkpoint(validate_checkpoint_id(raw))
+            row = self.row(raw, thread_id)
             by_thread.setdefault(row.thread_id, []).append(row.id)
-        for thread_id, ids in by_thread.items():
-            self.repository.delete_checkpoints(thread_id, ids)
-            self._caches.forget_thread(thread_id)
+        for tid, ids in by_thread.items():
+            self.repository.delete_checkpoints(tid, ids)
+            self._caches.forget_thread(tid)
         return sum(len(ids) for ids in by_thread.values())
 
     def expire_due(self, now: datetime | None = None) -> builtins.list[str]:
@@ -847,8 +866,15 @@ class CheckpointDomainService:
             due = self.repository.due_for_expiry(moment, limit=1000)
             if not due:
                 return expired
-            self.repository.update_checkpoints(due, LifecycleUpdate(status=CheckpointStatus.EXPIRED))
-            expired.extend(due)
+            self._mark_expired(due)
+            expired.extend(cid for _, cid in due)
+
+    def _mark_expired(self, due: Sequence[tuple[str, str]]) -> None:
+        by_thread: dict[str, builtins.list[str]] = {}
+        for tid, cid in due:
+            by_thread.setdefault(tid, []).append(cid)
+        for tid, ids in by_thread.items():
+            self.repository.update_checkpoints(tid, ids, LifecycleUpdate(status=CheckpointStatus.EXPIRED))
 
     def cleanup_expired(self, *, dry_run: bool = False, now: datetime | None = None) -> CleanupReport:
         """Expire what is due, then delete expired checkpoints except branch heads and
@@ -856,32 +882,34 @@ class CheckpointDomainService:
         and reports exactly what a real run would remove."""
         moment = datetime_to_us(now) if now else now_us()
         due = self.repository.due_for_expiry(moment, limit=1_000_000)
-        if not dry_run and due:
-            self.repository.update_checkpoints(due, LifecycleUpdate(status=CheckpointStatus.EXPIRED))
+        if not dry_run:
+            self._mark_expired(due)
         rows_by_thread: dict[str, dict[str, CheckpointRow]] = {}
-        for row in (self.repository.get_checkpoint(cid) for cid in due):
-            rows_by_thread.setdefault(row.thread_id, {})[row.id] = row
+        for tid, cid in due:
+            rows_by_thread.setdefault(tid, {})[cid] = self.repository.get_checkpoint(cid, tid)
         expired_only = CheckpointFilter(statuses=frozenset({CheckpointStatus.EXPIRED}))
         for thread in self._all_threads():
             for row in self.scan(thread.id, expired_only, limit=100_000):
                 rows_by_thread.setdefault(thread.id, {})[row.id] = row
         candidates: dict[str, builtins.list[str]] = {}
-        for thread_id, rows in rows_by_thread.items():
-            heads = {b.head for b in self.repository.list_branches(thread_id)}
+        for tid, rows in rows_by_thread.items():
+            heads = {b.head for b in self.repository.list_branches(tid)}
             chosen = [
                 cid for cid, row in rows.items() if cid not in heads and not self._checkpoint(row).protected
             ]
             if chosen:
-                candidates[thread_id] = sorted(chosen)
+                candidates[tid] = sorted(chosen)
         freed = 0
         if not dry_run:
-            for thread_id, ids in candidates.items():
-                freed += self.repository.delete_checkpoints(thread_id, ids).bytes
-                self._caches.forget_thread(thread_id)
+            for tid, ids in candidates.items():
+                freed += self.repository.delete_checkpoints(tid, ids).bytes
+                self._caches.forget_thread(tid)
             if candidates:
                 self.repository.reclaim_space()
         deleted = [cid for ids in candidates.values() for cid in ids]
-        return CleanupReport(dry_run=dry_run, expired=due, deleted=deleted, freed_bytes=freed)
+        return CleanupReport(
+            dry_run=dry_run, expired=[cid for _, cid in due], deleted=deleted, freed_bytes=freed
+        )
 
     def _all_threads(self) -> Iterator[ThreadRow]:
         after: str | None = None

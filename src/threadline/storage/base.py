@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import ormsgpack
 
-from threadline.errors import IntegrityError
+from threadline.errors import IntegrityError, InvalidInput, NotFound
 from threadline.model import CheckpointKind, CheckpointStatus
 
 #: A list's base chain never gets this deep: a write that would go deeper
@@ -203,7 +203,6 @@ class LifecycleUpdate:
     expires_at: int | Any | None = _UNSET
     header: bytes | None = None
     restore_delta: int = 0
-    protected: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,8 +337,16 @@ class CheckpointRepository(abc.ABC):
         """
 
     @abc.abstractmethod
-    def get_checkpoint(self, checkpoint_id: str) -> CheckpointRow:
-        """Raises NotFound."""
+    def get_checkpoint(self, checkpoint_id: str, thread_id: str | None = None) -> CheckpointRow:
+        """A checkpoint by id, within one thread when ``thread_id`` is given.
+
+        Checkpoint ids are unique within a thread; ids threadline generates are
+        unique store-wide, but a thread copied with its ids kept shares them.
+
+        Raises:
+            NotFound: no such checkpoint (or thread).
+            InvalidInput: ``thread_id`` is None and several threads hold the id.
+        """
 
     @abc.abstractmethod
     def find_checkpoints(self, prefix: str, limit: int = 10) -> list[str]:
@@ -351,9 +358,24 @@ class CheckpointRepository(abc.ABC):
         ``query.limit``. Raises NotFound (thread)."""
 
     @abc.abstractmethod
-    def walk_lineage(self, start_id: str, *, limit: int) -> list[CheckpointRow]:
+    def walk_lineage(self, thread_id: str, start_id: str, *, limit: int) -> list[CheckpointRow]:
         """``start_id`` and its first-parent ancestors, newest first, at most ``limit``
-        rows, in one round trip. Raises NotFound (start)."""
+        rows, in one round trip. Raises NotFound (thread or start)."""
+
+    @staticmethod
+    def _one_checkpoint(
+        checkpoint_id: str, thread_id: str | None, rows: Sequence[CheckpointRow]
+    ) -> CheckpointRow:
+        """The single row a lookup by id found, or the right error (shared by backends)."""
+        if not rows:
+            where = f" in thread {thread_id!r}" if thread_id is not None else ""
+            raise NotFound(f"checkpoint {checkpoint_id} does not exist{where}")
+        if len(rows) > 1:
+            threads = ", ".join(repr(r.thread_id) for r in rows[:5])
+            raise InvalidInput(
+                f"checkpoint {checkpoint_id} exists in several threads ({threads}); name the thread"
+            )
+        return rows[0]
 
     @abc.abstractmethod
     def get_blobs(self, hashes: Iterable[bytes]) -> dict[bytes, bytes]:
@@ -368,8 +390,11 @@ class CheckpointRepository(abc.ABC):
         """
 
     @abc.abstractmethod
-    def update_checkpoints(self, checkpoint_ids: Sequence[str], update: LifecycleUpdate) -> int:
-        """Apply a lifecycle update to existing checkpoints; returns how many changed."""
+    def update_checkpoints(
+        self, thread_id: str, checkpoint_ids: Sequence[str], update: LifecycleUpdate
+    ) -> int:
+        """Apply a lifecycle update to checkpoints of one thread; unknown ids are
+        skipped. Returns how many changed. Raises NotFound (thread)."""
 
     @abc.abstractmethod
     def delete_checkpoints(self, thread_id: str, checkpoint_ids: Sequence[str]) -> GcReport:
@@ -381,8 +406,9 @@ class CheckpointRepository(abc.ABC):
         """
 
     @abc.abstractmethod
-    def due_for_expiry(self, now: int, limit: int = 1000) -> list[str]:
-        """Ids of active checkpoints whose ``expires_at`` is at or before ``now``."""
+    def due_for_expiry(self, now: int, limit: int = 1000) -> list[tuple[str, str]]:
+        """(thread id, checkpoint id) of active checkpoints whose ``expires_at`` is at
+        or before ``now``, soonest first."""
 
     @abc.abstractmethod
     def stats(self, thread_ids: Sequence[str] | None = None) -> StatsRow:

@@ -70,7 +70,8 @@ class MemoryRepository(CheckpointRepository):
         self.url = "memory://"
         self._lock = threading.RLock()
         self._threads: dict[str, _Thread] = {}
-        self._checkpoints: dict[str, CheckpointRow] = {}
+        self._checkpoints: dict[tuple[str, str], CheckpointRow] = {}
+        self._threads_of: dict[str, set[str]] = {}  # checkpoint id -> threads holding it
         self._blobs: dict[bytes, bytes] = {}
         self._lists: dict[int, _List] = {}
         self._closed = False
@@ -137,7 +138,7 @@ class MemoryRepository(CheckpointRepository):
         with self._lock:
             thread = self._thread(thread_id)
             for cid in thread.ids:
-                del self._checkpoints[cid]
+                self._forget(thread_id, cid)
             thread.ids.clear()
             del self._threads[thread_id]
             return self._gc_thread(thread)
@@ -210,9 +211,7 @@ class MemoryRepository(CheckpointRepository):
                 if branch is not None:
                     raise Conflict(f"branch {write.branch!r} already exists in thread {write.thread_id!r}")
                 parent = write.parent_id
-                if parent is not None and (
-                    parent not in self._checkpoints or self._checkpoints[parent].thread_id != write.thread_id
-                ):
+                if parent is not None and (write.thread_id, parent) not in self._checkpoints:
                     raise NotFound(f"checkpoint {parent} does not exist in thread {write.thread_id!r}")
                 head = None
             else:
@@ -226,10 +225,17 @@ class MemoryRepository(CheckpointRepository):
                     expected=expected_head,
                     actual=head,
                 )
-            if write.id in self._checkpoints:
-                raise AlreadyExists(f"checkpoint {write.id} already exists")
+            if (write.thread_id, write.id) in self._checkpoints:
+                raise AlreadyExists(f"checkpoint {write.id} already exists in thread {write.thread_id!r}")
+            if (
+                write.restored_from is not None
+                and (write.thread_id, write.restored_from) not in self._checkpoints
+            ):
+                raise NotFound(
+                    f"checkpoint {write.restored_from} does not exist in thread {write.thread_id!r}"
+                )
             if write.milestone is not None and any(
-                self._checkpoints[c].milestone == write.milestone for c in thread.ids
+                self._checkpoints[(write.thread_id, c)].milestone == write.milestone for c in thread.ids
             ):
                 raise AlreadyExists(
                     f"milestone {write.milestone!r} already exists in thread {write.thread_id!r}"
@@ -312,8 +318,14 @@ class MemoryRepository(CheckpointRepository):
             self._lists.update(new_lists)
             for lst, items in appends:
                 lst.items.extend(items)
-            self._checkpoints[write.id] = row
+            self._checkpoints[(write.thread_id, write.id)] = row
+            self._threads_of.setdefault(write.id, set()).add(write.thread_id)
             bisect.insort(thread.ids, write.id)
+            if write.restored_from is not None:
+                old = self._checkpoints[(write.thread_id, write.restored_from)]
+                self._checkpoints[(write.thread_id, old.id)] = replace(
+                    old, restore_count=old.restore_count + 1
+                )
             if write.create_branch:
                 thread.branches[write.branch] = BranchRow(
                     write.thread_id, write.branch, write.id, write.created_at, write.parent_id
@@ -323,18 +335,27 @@ class MemoryRepository(CheckpointRepository):
                 thread.branches[write.branch] = replace(branch, head=write.id)
             return row
 
-    def get_checkpoint(self, checkpoint_id: str) -> CheckpointRow:
+    def _forget(self, thread_id: str, checkpoint_id: str) -> None:
+        del self._checkpoints[(thread_id, checkpoint_id)]
+        holders = self._threads_of[checkpoint_id]
+        holders.discard(thread_id)
+        if not holders:
+            del self._threads_of[checkpoint_id]
+
+    def get_checkpoint(self, checkpoint_id: str, thread_id: str | None = None) -> CheckpointRow:
         with self._lock:
-            row = self._checkpoints.get(checkpoint_id)
-            if row is None:
-                raise NotFound(f"checkpoint {checkpoint_id} does not exist")
-            return row
+            if thread_id is not None:
+                self._thread(thread_id)
+                holders = [thread_id] if thread_id in self._threads_of.get(checkpoint_id, ()) else []
+            else:
+                holders = sorted(self._threads_of.get(checkpoint_id, ()))
+            rows = [self._checkpoints[(t, checkpoint_id)] for t in holders]
+            return self._one_checkpoint(checkpoint_id, thread_id, rows)
 
     def find_checkpoints(self, prefix: str, limit: int = 10) -> list[str]:
+        wanted = prefix.replace("-", "").lower()
         with self._lock:
-            return sorted(
-                c for c in self._checkpoints if c.replace("-", "").startswith(prefix.replace("-", "").lower())
-            )[:limit]
+            return sorted(c for c in self._threads_of if c.replace("-", "").startswith(wanted))[:limit]
 
     def scan_checkpoints(self, thread_id: str, query: RowQuery) -> list[CheckpointRow]:
         with self._lock:
@@ -344,7 +365,7 @@ class MemoryRepository(CheckpointRepository):
             )
             out: list[CheckpointRow] = []
             for cid in reversed(thread.ids[:end]):
-                row = self._checkpoints[cid]
+                row = self._checkpoints[(thread_id, cid)]
                 if (
                     (query.branch is None or row.branch == query.branch)
                     and (query.kinds is None or row.kind in query.kinds)
@@ -357,15 +378,16 @@ class MemoryRepository(CheckpointRepository):
                         break
             return out
 
-    def walk_lineage(self, start_id: str, *, limit: int) -> list[CheckpointRow]:
+    def walk_lineage(self, thread_id: str, start_id: str, *, limit: int) -> list[CheckpointRow]:
         with self._lock:
+            self._thread(thread_id)
             out: list[CheckpointRow] = []
             current: str | None = start_id
             while current is not None and len(out) < limit:
-                row = self._checkpoints.get(current)
+                row = self._checkpoints.get((thread_id, current))
                 if row is None:
                     if not out:
-                        raise NotFound(f"checkpoint {start_id} does not exist")
+                        raise NotFound(f"checkpoint {start_id} does not exist in thread {thread_id!r}")
                     break
                 out.append(row)
                 current = row.parent_id
@@ -386,11 +408,14 @@ class MemoryRepository(CheckpointRepository):
                 out.data.extend(data for _, data in chunk)
             return out
 
-    def update_checkpoints(self, checkpoint_ids: Sequence[str], update: LifecycleUpdate) -> int:
+    def update_checkpoints(
+        self, thread_id: str, checkpoint_ids: Sequence[str], update: LifecycleUpdate
+    ) -> int:
         with self._lock:
+            self._thread(thread_id)
             changed = 0
             for cid in checkpoint_ids:
-                row = self._checkpoints.get(cid)
+                row = self._checkpoints.get((thread_id, cid))
                 if row is None:
                     continue
                 changes: dict[str, Any] = {}
@@ -403,23 +428,21 @@ class MemoryRepository(CheckpointRepository):
                 if update.restore_delta:
                     changes["restore_count"] = row.restore_count + update.restore_delta
                 if changes:
-                    self._checkpoints[cid] = replace(row, **changes)
+                    self._checkpoints[(thread_id, cid)] = replace(row, **changes)
                     changed += 1
             return changed
 
     def delete_checkpoints(self, thread_id: str, checkpoint_ids: Sequence[str]) -> GcReport:
         with self._lock:
             thread = self._thread(thread_id)
-            parents = {
-                cid: (self._checkpoints[cid].parent_id, self._checkpoints[cid].merge_parent_id)
-                for cid in thread.ids
-            }
+            rows = {cid: self._checkpoints[(thread_id, cid)] for cid in thread.ids}
+            parents = {cid: (row.parent_id, row.merge_parent_id) for cid, row in rows.items()}
             deleted = {cid for cid in checkpoint_ids if cid in parents}
             if not deleted:
                 return GcReport()
             for cid, (parent, merge) in relink(parents, deleted).items():
-                self._checkpoints[cid] = replace(
-                    self._checkpoints[cid], parent_id=parent, merge_parent_id=merge
+                self._checkpoints[(thread_id, cid)] = replace(
+                    rows[cid], parent_id=parent, merge_parent_id=merge
                 )
             for name, branch in list(thread.branches.items()):
                 if branch.head in deleted:
@@ -427,18 +450,18 @@ class MemoryRepository(CheckpointRepository):
                         branch, head=nearest_survivor(parents, branch.head, deleted)
                     )
             for cid in deleted:
-                del self._checkpoints[cid]
+                self._forget(thread_id, cid)
             thread.ids = [c for c in thread.ids if c not in deleted]
             return self._gc_thread(thread)
 
-    def due_for_expiry(self, now: int, limit: int = 1000) -> list[str]:
+    def due_for_expiry(self, now: int, limit: int = 1000) -> list[tuple[str, str]]:
         with self._lock:
             due = sorted(
-                (r.expires_at, r.id)
+                (r.expires_at, r.thread_id, r.id)
                 for r in self._checkpoints.values()
                 if r.expires_at is not None and r.expires_at <= now and r.status is CheckpointStatus.ACTIVE
             )
-            return [cid for _, cid in due[:limit]]
+            return [(tid, cid) for _, tid, cid in due[:limit]]
 
     def stats(self, thread_ids: Sequence[str] | None = None) -> StatsRow:
         with self._lock:
@@ -447,7 +470,7 @@ class MemoryRepository(CheckpointRepository):
                 if thread_ids is not None
                 else list(self._threads.values())
             )
-            rows = [self._checkpoints[c] for t in threads for c in t.ids]
+            rows = [self._checkpoints[(t.row.id, c)] for t in threads for c in t.ids]
             by_kind: dict[str, int] = {}
             by_status: dict[str, int] = {}
             for r in rows:
@@ -474,7 +497,7 @@ class MemoryRepository(CheckpointRepository):
         blob_refs: set[bytes] = set()
         needs: dict[int, int] = {}
         for cid in thread.ids:
-            blobs, lists = manifest_refs(self._checkpoints[cid].manifest)
+            blobs, lists = manifest_refs(self._checkpoints[(tid, cid)].manifest)
             blob_refs |= blobs
             for lid, n in lists.items():
                 needs[lid] = max(needs.get(lid, 0), n)

@@ -95,8 +95,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 UNIQUE (tkey, name)
             )""",
             """CREATE TABLE checkpoints (
-                id BLOB PRIMARY KEY,
+                ck INTEGER PRIMARY KEY,
                 tkey INTEGER NOT NULL,
+                id BLOB NOT NULL,
                 bkey INTEGER NOT NULL,
                 parent BLOB,
                 merge_parent BLOB,
@@ -108,11 +109,11 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 logical_size INTEGER NOT NULL,
                 stored_size INTEGER NOT NULL,
                 milestone TEXT,
-                protected INTEGER NOT NULL DEFAULT 0,
                 header BLOB NOT NULL,
                 manifest BLOB NOT NULL
-            ) WITHOUT ROWID""",
-            "CREATE INDEX checkpoints_by_thread ON checkpoints (tkey, id)",
+            )""",
+            "CREATE UNIQUE INDEX checkpoints_by_thread ON checkpoints (tkey, id)",
+            "CREATE INDEX checkpoints_by_id ON checkpoints (id)",
             "CREATE UNIQUE INDEX checkpoints_milestone ON checkpoints (tkey, milestone) "
             "WHERE milestone IS NOT NULL",
             "CREATE INDEX checkpoints_expiry ON checkpoints (expires_at) WHERE expires_at IS NOT NULL",
@@ -619,9 +620,10 @@ class SQLiteRepository(CheckpointRepository):
                 parent = write.parent_id
                 if parent is not None:
                     prow = c.execute(
-                        "SELECT tkey FROM checkpoints WHERE id = ?", (checkpoint_id_bytes(parent),)
+                        "SELECT 1 FROM checkpoints WHERE tkey = ? AND id = ?",
+                        (tkey, checkpoint_id_bytes(parent)),
                     ).fetchone()
-                    if prow is None or prow[0] != tkey:
+                    if prow is None:
                         raise NotFound(f"checkpoint {parent} does not exist in thread {write.thread_id!r}")
                 cur = c.execute(
                     "INSERT INTO branches (tkey, name, created_at, base) VALUES (?, ?, ?, ?)",
@@ -676,8 +678,8 @@ class SQLiteRepository(CheckpointRepository):
             manifest_bytes = encode_manifest(manifest)
             stored += len(manifest_bytes) + len(write.header)
             cid = checkpoint_id_bytes(write.id)
-            if c.execute("SELECT 1 FROM checkpoints WHERE id = ?", (cid,)).fetchone():
-                raise AlreadyExists(f"checkpoint {write.id} already exists")
+            if c.execute("SELECT 1 FROM checkpoints WHERE tkey = ? AND id = ?", (tkey, cid)).fetchone():
+                raise AlreadyExists(f"checkpoint {write.id} already exists in thread {write.thread_id!r}")
             if (
                 write.milestone is not None
                 and c.execute(
@@ -691,8 +693,8 @@ class SQLiteRepository(CheckpointRepository):
             merge_b = checkpoint_id_bytes(write.merge_parent_id) if write.merge_parent_id else None
             c.execute(
                 "INSERT INTO checkpoints (id, tkey, bkey, parent, merge_parent, kind, status, created_at, "
-                "expires_at, logical_size, stored_size, milestone, protected, header, manifest) "
-                "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "expires_at, logical_size, stored_size, milestone, header, manifest) "
+                "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     cid,
                     tkey,
@@ -705,12 +707,20 @@ class SQLiteRepository(CheckpointRepository):
                     write.logical_size,
                     stored,
                     write.milestone,
-                    1 if write.milestone is not None else 0,
                     write.header,
                     manifest_bytes,
                 ),
             )
             c.execute("UPDATE branches SET head = ? WHERE bkey = ?", (cid, bkey))
+            if write.restored_from is not None:
+                cur = c.execute(
+                    "UPDATE checkpoints SET restore_count = restore_count + 1 WHERE tkey = ? AND id = ?",
+                    (tkey, checkpoint_id_bytes(write.restored_from)),
+                )
+                if not cur.rowcount:
+                    raise NotFound(
+                        f"checkpoint {write.restored_from} does not exist in thread {write.thread_id!r}"
+                    )
             return CheckpointRow(
                 id=write.id,
                 thread_id=write.thread_id,
@@ -731,15 +741,19 @@ class SQLiteRepository(CheckpointRepository):
 
         return self._write(op)
 
-    def get_checkpoint(self, checkpoint_id: str) -> CheckpointRow:
+    def get_checkpoint(self, checkpoint_id: str, thread_id: str | None = None) -> CheckpointRow:
         def op(c: sqlite3.Connection) -> CheckpointRow:
-            row = c.execute(
-                f"SELECT {self._CP_COLS} FROM {self._CP_FROM} WHERE c.id = ?",
-                (checkpoint_id_bytes(checkpoint_id),),
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"checkpoint {checkpoint_id} does not exist")
-            return self._cp_row(row)
+            if thread_id is None:
+                rows = c.execute(
+                    f"SELECT {self._CP_COLS} FROM {self._CP_FROM} WHERE c.id = ? LIMIT 6",
+                    (checkpoint_id_bytes(checkpoint_id),),
+                ).fetchall()
+            else:
+                rows = c.execute(
+                    f"SELECT {self._CP_COLS} FROM {self._CP_FROM} WHERE c.tkey = ? AND c.id = ?",
+                    (self._tkey(c, thread_id), checkpoint_id_bytes(checkpoint_id)),
+                ).fetchall()
+            return self._one_checkpoint(checkpoint_id, thread_id, [self._cp_row(r) for r in rows])
 
         return self._read(op)
 
@@ -751,7 +765,8 @@ class SQLiteRepository(CheckpointRepository):
         hi = bytes.fromhex(hexes.ljust(32, "f"))
         rows = self._read(
             lambda c: c.execute(
-                "SELECT id FROM checkpoints WHERE id >= ? AND id <= ? ORDER BY id LIMIT ?", (lo, hi, limit)
+                "SELECT DISTINCT id FROM checkpoints WHERE id >= ? AND id <= ? ORDER BY id LIMIT ?",
+                (lo, hi, limit),
             ).fetchall()
         )
         return [checkpoint_id_from_bytes(r[0]) for r in rows]
@@ -785,21 +800,25 @@ class SQLiteRepository(CheckpointRepository):
 
         return self._read(op)
 
-    def walk_lineage(self, start_id: str, *, limit: int) -> list[CheckpointRow]:
+    def walk_lineage(self, thread_id: str, start_id: str, *, limit: int) -> list[CheckpointRow]:
         def op(c: sqlite3.Connection) -> list[CheckpointRow]:
+            tkey = self._tkey(c, thread_id)
             rows = c.execute(
                 f"""WITH RECURSIVE chain(id, n) AS (
-                        SELECT id, 0 FROM checkpoints WHERE id = ?
+                        SELECT id, 0 FROM checkpoints WHERE tkey = :t AND id = :start
                         UNION ALL
-                        SELECT p.parent, chain.n + 1 FROM chain JOIN checkpoints p ON p.id = chain.id
-                        WHERE p.parent IS NOT NULL AND chain.n + 1 < ?
+                        SELECT p.parent, chain.n + 1 FROM chain
+                        JOIN checkpoints p ON p.tkey = :t AND p.id = chain.id
+                        WHERE p.parent IS NOT NULL AND chain.n + 1 < :limit
                     )
-                    SELECT {self._CP_COLS} FROM chain JOIN {self._CP_FROM} ON c.id = chain.id
+                    SELECT {self._CP_COLS} FROM chain
+                    JOIN checkpoints c ON c.tkey = :t AND c.id = chain.id
+                    JOIN threads t ON t.tkey = c.tkey JOIN branches b ON b.bkey = c.bkey
                     ORDER BY chain.n""",
-                (checkpoint_id_bytes(start_id), limit),
+                {"t": tkey, "start": checkpoint_id_bytes(start_id), "limit": limit},
             ).fetchall()
             if not rows:
-                raise NotFound(f"checkpoint {start_id} does not exist")
+                raise NotFound(f"checkpoint {start_id} does not exist in thread {thread_id!r}")
             return [self._cp_row(r) for r in rows]
 
         return self._read(op)
@@ -837,7 +856,9 @@ class SQLiteRepository(CheckpointRepository):
 
         return self._read(op)
 
-    def update_checkpoints(self, checkpoint_ids: Sequence[str], update: LifecycleUpdate) -> int:
+    def update_checkpoints(
+        self, thread_id: str, checkpoint_ids: Sequence[str], update: LifecycleUpdate
+    ) -> int:
         sets: list[str] = []
         args: list[Any] = []
         if update.status is not None:
@@ -852,18 +873,16 @@ class SQLiteRepository(CheckpointRepository):
         if update.restore_delta:
             sets.append("restore_count = restore_count + ?")
             args.append(update.restore_delta)
-        if update.protected is not None:
-            sets.append("protected = ?")
-            args.append(1 if update.protected else 0)
         if not sets or not checkpoint_ids:
             return 0
 
         def op(c: sqlite3.Connection) -> int:
             changed = 0
+            tkey = self._tkey(c, thread_id)
             for cid in checkpoint_ids:
                 cur = c.execute(
-                    f"UPDATE checkpoints SET {', '.join(sets)} WHERE id = ?",
-                    [*args, checkpoint_id_bytes(cid)],
+                    f"UPDATE checkpoints SET {', '.join(sets)} WHERE tkey = ? AND id = ?",
+                    [*args, tkey, checkpoint_id_bytes(cid)],
                 )
                 changed += cur.rowcount
             return changed
@@ -886,10 +905,11 @@ class SQLiteRepository(CheckpointRepository):
                 return GcReport()
             for cid, (parent, merge) in relink(parents, deleted).items():
                 c.execute(
-                    "UPDATE checkpoints SET parent = ?, merge_parent = ? WHERE id = ?",
+                    "UPDATE checkpoints SET parent = ?, merge_parent = ? WHERE tkey = ? AND id = ?",
                     (
                         checkpoint_id_bytes(parent) if parent else None,
                         checkpoint_id_bytes(merge) if merge else None,
+                        tkey,
                         checkpoint_id_bytes(cid),
                     ),
                 )
@@ -901,21 +921,23 @@ class SQLiteRepository(CheckpointRepository):
                         (checkpoint_id_bytes(survivor) if survivor else None, bkey),
                     )
             c.executemany(
-                "DELETE FROM checkpoints WHERE id = ?", [(checkpoint_id_bytes(x),) for x in deleted]
+                "DELETE FROM checkpoints WHERE tkey = ? AND id = ?",
+                [(tkey, checkpoint_id_bytes(x)) for x in deleted],
             )
             return self._gc_thread(c, tkey)
 
         return self._write(op)
 
-    def due_for_expiry(self, now: int, limit: int = 1000) -> list[str]:
+    def due_for_expiry(self, now: int, limit: int = 1000) -> list[tuple[str, str]]:
         rows = self._read(
             lambda c: c.execute(
-                "SELECT id FROM checkpoints WHERE expires_at IS NOT NULL AND expires_at <= ? AND status = 0 "
-                "ORDER BY expires_at LIMIT ?",
+                "SELECT t.id, c.id FROM checkpoints c JOIN threads t ON t.tkey = c.tkey "
+                "WHERE c.expires_at IS NOT NULL AND c.expires_at <= ? AND c.status = 0 "
+                "ORDER BY c.expires_at LIMIT ?",
                 (now, limit),
             ).fetchall()
         )
-        return [checkpoint_id_from_bytes(r[0]) for r in rows]
+        return [(r[0], checkpoint_id_from_bytes(r[1])) for r in rows]
 
     def stats(self, thread_ids: Sequence[str] | None = None) -> StatsRow:
         def op(c: sqlite3.Connection) -> StatsRow:
