@@ -108,6 +108,7 @@ _HEADER_KEYS = {
     "restored_from": "rf",
     "sync_point": "sp",
     "protected": "p",
+    "origin": "o",
 }
 
 
@@ -294,6 +295,10 @@ class CheckpointDomainService:
         self.repository.delete_thread(validate_id(thread_id, "thread id"))
         self._caches.forget_thread(thread_id)
 
+    def forget_thread_caches(self, thread_id: str) -> None:
+        """Drop what this process remembers of a thread's branch heads."""
+        self._caches.forget_thread(thread_id)
+
     def _thread(self, row: ThreadRow) -> Thread:
         return Thread(
             id=row.id,
@@ -309,7 +314,7 @@ class CheckpointDomainService:
     def create(
         self,
         thread_id: str,
-        state: Mapping[str, Any],
+        state: Mapping[str, Any] | None,
         *,
         branch: str = DEFAULT_BRANCH,
         kind: CheckpointKind | str = CheckpointKind.AUTO,
@@ -328,6 +333,9 @@ class CheckpointDomainService:
         merge_parent_id: str | None = None,
         restored_from: str | None = None,
         sync_point: str | None = None,
+        origin: Mapping[str, Any] | None = None,
+        state_of: CheckpointRow | None = None,
+        skip_unchanged: bool = False,
     ) -> Checkpoint:
         """Write a checkpoint of ``state`` on a branch of a thread and advance its head.
 
@@ -343,6 +351,11 @@ class CheckpointDomainService:
             checkpoint_id: use this id (a UUID string) instead of a new one.
             create_branch_from: create ``branch`` at this checkpoint (``None``:
                 an empty branch) and write the checkpoint as its first one.
+            origin: provenance of a copied state (thread and checkpoint it came from).
+            state_of: write the state of this stored checkpoint (any thread)
+                instead of ``state``, sharing all of its stored values.
+            skip_unchanged: when the state equals the parent's, write nothing
+                and return the parent.
 
         Raises:
             InvalidInput: malformed arguments or state (non-string keys).
@@ -355,7 +368,9 @@ class CheckpointDomainService:
         kind = parse_enum(CheckpointKind, kind, "checkpoint kind")
         thread_id = validate_id(thread_id, "thread id")
         branch = validate_name(branch, "branch name")
-        if not isinstance(state, Mapping):
+        if state_of is not None:
+            state = {}
+        elif not isinstance(state, Mapping):
             raise InvalidInput(
                 f"state must be a mapping of string keys to values, got {type(state).__name__}"
             )
@@ -384,6 +399,7 @@ class CheckpointDomainService:
             error_type=error_type,
             restored_from=restored_from,
             sync_point=sync_point,
+            origin=dict(origin) if origin else None,
         )
         create_branch = create_branch_from is not UNSET
         parent_for_branch = (
@@ -395,7 +411,19 @@ class CheckpointDomainService:
 
         for attempt in range(2):
             parent = self._planning_parent(thread_id, branch, parent_for_branch if create_branch else UNSET)
-            plan = self._plan(state, parent)
+            plan = (
+                _Plan(dict(state_of.manifest), [], [], {}, state_of.logical_size)
+                if state_of is not None
+                else self._plan(state, parent)
+            )
+            if (
+                skip_unchanged
+                and not create_branch
+                and parent is not None
+                and plan.manifest == parent.manifest
+                and self.repository.get_branch(thread_id, branch).head == parent.id
+            ):
+                return self._checkpoint(parent)
             if self.max_state_bytes is not None and plan.logical_size > self.max_state_bytes:
                 raise LimitExceeded(
                     f"state of {plan.logical_size} bytes exceeds the limit of {self.max_state_bytes} bytes"
@@ -611,6 +639,7 @@ class CheckpointDomainService:
             merge_parent_id=row.merge_parent_id,
             restored_from=header.get("restored_from"),
             sync_point=header.get("sync_point"),
+            origin=header.get("origin"),
             restore_count=row.restore_count,
             logical_size=row.logical_size,
             stored_size=row.stored_size,

@@ -205,6 +205,7 @@ class Checkpoint:
     merge_parent_id: str | None = None
     restored_from: str | None = None
     sync_point: str | None = None
+    origin: Mapping[str, Any] | None = None
     restore_count: int = 0
     logical_size: int = 0
     stored_size: int = 0

@@ -18,6 +18,7 @@ from threadline.core import CheckpointDomainService
 from threadline.errors import InvalidInput
 from threadline.serde import Serializer
 from threadline.storage.base import CheckpointRepository
+from threadline.threads import ThreadCheckpointService
 
 DEFAULT_URL = "sqlite:///./threadline.db"
 
@@ -97,6 +98,7 @@ class Store:
         repository: the storage backend.
         serializer: register your own types on it before writing them.
         checkpoints: the checkpoint core layer.
+        threads: the thread layer (branches, merge, restore, collaboration, backups).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class Store:
         self.repository = repository
         self.serializer = serializer or Serializer()
         self.checkpoints = CheckpointDomainService(repository, self.serializer, **options)
+        self.threads = ThreadCheckpointService(self.checkpoints)
 
     @property
     def url(self) -> str:

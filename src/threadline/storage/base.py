@@ -309,6 +309,72 @@ class CheckpointRepository(abc.ABC):
     def list_branches(self, thread_id: str) -> list[BranchRow]:
         """All branches of a thread, ordered by name. Raises NotFound (thread)."""
 
+    @abc.abstractmethod
+    def create_branch(self, thread_id: str, name: str, *, head: str | None, created_at: int) -> BranchRow:
+        """Create a branch whose head is an existing checkpoint of the thread (or empty).
+
+        Raises:
+            NotFound: the thread or the head checkpoint does not exist.
+            AlreadyExists: a branch with this name exists.
+        """
+
+    @abc.abstractmethod
+    def rename_branch(self, thread_id: str, old: str, new: str) -> BranchRow:
+        """Rename a branch (and the thread's default branch with it).
+
+        Raises NotFound (thread, branch), AlreadyExists (new name taken).
+        """
+
+    @abc.abstractmethod
+    def delete_branch(self, thread_id: str, name: str, *, force: bool = False) -> GcReport:
+        """Delete a branch and the checkpoints no other branch reaches.
+
+        Checkpoints reachable from another branch's head survive and are
+        attributed to such a branch.
+
+        Raises:
+            NotFound: thread or branch.
+            InvalidInput: the branch is the thread's default branch.
+            Conflict: checkpoints only this branch reaches include milestones
+                and ``force`` is false (nothing changed).
+        """
+
+    @abc.abstractmethod
+    def set_default_branch(self, thread_id: str, name: str) -> ThreadRow:
+        """Make an existing branch the thread's default. Raises NotFound."""
+
+    # ------------------------------------------------------------ participants
+
+    @abc.abstractmethod
+    def set_participant(self, thread_id: str, principal: str, role: str | None) -> None:
+        """Give ``principal`` a role on the thread (None removes it). Raises NotFound (thread)."""
+
+    @abc.abstractmethod
+    def participants(self, thread_id: str) -> dict[str, str]:
+        """Principal -> role of a thread. Raises NotFound (thread)."""
+
+    # ------------------------------------------------------------ copies
+
+    @abc.abstractmethod
+    def copy_thread(
+        self,
+        source_id: str,
+        target_id: str,
+        *,
+        created_at: int,
+        metadata: bytes,
+        origin: bytes | None,
+        id_map: Mapping[str, str] | None = None,
+    ) -> ThreadRow:
+        """Copy a whole thread (branches, history, milestones, participants) atomically.
+
+        Values are shared, not duplicated: the copy references the same blobs
+        and builds its lists on the source's. ``id_map`` renames checkpoints
+        (every source id must be mapped); None keeps the ids.
+
+        Raises NotFound (source), AlreadyExists (target).
+        """
+
     # ------------------------------------------------------------ checkpoints
 
     @abc.abstractmethod
@@ -559,3 +625,40 @@ def plan_list_gc(lists: Mapping[int, ListInfo], needs: Mapping[int, int]) -> tup
     drop = [lid for lid in lists if need.get(lid, 0) <= 0]
     trim = {lid: need[lid] for lid, info in lists.items() if 0 < need.get(lid, 0) < info.length}
     return drop, trim
+
+
+def reachable(parents: Mapping[str, tuple[str | None, str | None]], starts: Iterable[str | None]) -> set[str]:
+    """Every checkpoint reachable from ``starts`` through both parent links."""
+    seen: set[str] = set()
+    stack = [s for s in starts if s is not None]
+    while stack:
+        cid = stack.pop()
+        if cid in seen or cid not in parents:
+            continue
+        seen.add(cid)
+        stack.extend(p for p in parents[cid] if p is not None)
+    return seen
+
+
+def branch_deletion(
+    parents: Mapping[str, tuple[str | None, str | None]],
+    branch_of: Mapping[str, str],
+    heads: Mapping[str, str | None],
+    name: str,
+) -> tuple[set[str], dict[str, str]]:
+    """Plan a branch deletion: (checkpoints to delete, {survivor: new branch}).
+
+    A checkpoint goes when no other branch's head reaches it; a survivor that
+    was written on the deleted branch is attributed to the first other branch
+    (by name) whose head reaches it.
+    """
+    others = {b: h for b, h in heads.items() if b != name}
+    keep_by_branch = {b: reachable(parents, [h]) for b, h in sorted(others.items())}
+    keep = set().union(*keep_by_branch.values()) if keep_by_branch else set()
+    mine = reachable(parents, [heads.get(name)]) | {c for c, b in branch_of.items() if b == name}
+    doomed = mine - keep
+    moved: dict[str, str] = {}
+    for cid in mine & keep:
+        if branch_of.get(cid) == name:
+            moved[cid] = next(b for b, reach in keep_by_branch.items() if cid in reach)
+    return doomed, moved

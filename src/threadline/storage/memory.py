@@ -14,7 +14,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from threadline.errors import AlreadyExists, Conflict, IntegrityError, NotFound, StaleReference, StorageError
+from threadline.errors import (
+    AlreadyExists,
+    Conflict,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    StaleReference,
+    StorageError,
+)
 from threadline.model import DEFAULT_BRANCH, CheckpointStatus
 from threadline.storage.base import (
     MAX_LIST_DEPTH,
@@ -32,6 +40,7 @@ from threadline.storage.base import (
     RowQuery,
     StatsRow,
     ThreadRow,
+    branch_deletion,
     encode_manifest,
     manifest_refs,
     nearest_survivor,
@@ -61,6 +70,7 @@ class _Thread:
     ids: list[str] = field(default_factory=list)  # checkpoint ids, ascending
     branches: dict[str, BranchRow] = field(default_factory=dict)
     blobs: set[bytes] = field(default_factory=set)
+    participants: dict[str, str] = field(default_factory=dict)
 
 
 class MemoryRepository(CheckpointRepository):
@@ -155,6 +165,139 @@ class MemoryRepository(CheckpointRepository):
     def list_branches(self, thread_id: str) -> list[BranchRow]:
         with self._lock:
             return sorted(self._thread(thread_id).branches.values(), key=lambda b: b.name)
+
+    def create_branch(self, thread_id: str, name: str, *, head: str | None, created_at: int) -> BranchRow:
+        with self._lock:
+            thread = self._thread(thread_id)
+            if name in thread.branches:
+                raise AlreadyExists(f"branch {name!r} already exists in thread {thread_id!r}")
+            if head is not None and (thread_id, head) not in self._checkpoints:
+                raise NotFound(f"checkpoint {head} does not exist in thread {thread_id!r}")
+            row = BranchRow(thread_id, name, head, created_at, head)
+            thread.branches[name] = row
+            return row
+
+    def rename_branch(self, thread_id: str, old: str, new: str) -> BranchRow:
+        with self._lock:
+            thread = self._thread(thread_id)
+            if new in thread.branches:
+                raise AlreadyExists(f"branch {new!r} already exists in thread {thread_id!r}")
+            if old not in thread.branches:
+                raise NotFound(f"branch {old!r} does not exist in thread {thread_id!r}")
+            row = replace(thread.branches.pop(old), name=new)
+            thread.branches[new] = row
+            for cid in thread.ids:
+                if self._checkpoints[(thread_id, cid)].branch == old:
+                    self._checkpoints[(thread_id, cid)] = replace(
+                        self._checkpoints[(thread_id, cid)], branch=new
+                    )
+            if thread.row.default_branch == old:
+                thread.row = replace(thread.row, default_branch=new)
+            return row
+
+    def delete_branch(self, thread_id: str, name: str, *, force: bool = False) -> GcReport:
+        with self._lock:
+            thread = self._thread(thread_id)
+            if name == thread.row.default_branch:
+                raise InvalidInput(
+                    f"branch {name!r} is the default branch of thread {thread_id!r}; "
+                    "make another branch the default first"
+                )
+            if name not in thread.branches:
+                raise NotFound(f"branch {name!r} does not exist in thread {thread_id!r}")
+            rows = {cid: self._checkpoints[(thread_id, cid)] for cid in thread.ids}
+            parents = {cid: (r.parent_id, r.merge_parent_id) for cid, r in rows.items()}
+            heads = {b.name: b.head for b in thread.branches.values()}
+            doomed, moved = branch_deletion(parents, {c: r.branch for c, r in rows.items()}, heads, name)
+            if not force and any(rows[c].milestone is not None for c in doomed):
+                raise Conflict(
+                    f"branch {name!r} holds milestones no other branch reaches; pass force to delete them too"
+                )
+            for cid, target in moved.items():
+                self._checkpoints[(thread_id, cid)] = replace(rows[cid], branch=target)
+            for cid in doomed:
+                self._forget(thread_id, cid)
+            thread.ids = [c for c in thread.ids if c not in doomed]
+            del thread.branches[name]
+            return self._gc_thread(thread)
+
+    def set_default_branch(self, thread_id: str, name: str) -> ThreadRow:
+        with self._lock:
+            thread = self._thread(thread_id)
+            if name not in thread.branches:
+                raise NotFound(f"branch {name!r} does not exist in thread {thread_id!r}")
+            thread.row = replace(thread.row, default_branch=name)
+            return thread.row
+
+    # ------------------------------------------------------------ participants
+
+    def set_participant(self, thread_id: str, principal: str, role: str | None) -> None:
+        with self._lock:
+            thread = self._thread(thread_id)
+            if role is None:
+                thread.participants.pop(principal, None)
+            else:
+                thread.participants[principal] = role
+
+    def participants(self, thread_id: str) -> dict[str, str]:
+        with self._lock:
+            return dict(sorted(self._thread(thread_id).participants.items()))
+
+    # ------------------------------------------------------------ copies
+
+    def copy_thread(
+        self,
+        source_id: str,
+        target_id: str,
+        *,
+        created_at: int,
+        metadata: bytes,
+        origin: bytes | None,
+        id_map: Mapping[str, str] | None = None,
+    ) -> ThreadRow:
+        with self._lock:
+            src = self._thread(source_id)
+            if target_id in self._threads:
+                raise AlreadyExists(f"thread {target_id!r} already exists")
+
+            def mapped(cid: str | None) -> str | None:
+                return id_map[cid] if cid is not None and id_map is not None else cid
+
+            rows = [self._checkpoints[(source_id, cid)] for cid in src.ids]
+            needs: dict[int, int] = {}
+            for row in rows:
+                for lid, n in manifest_refs(row.manifest)[1].items():
+                    needs[lid] = max(needs.get(lid, 0), n)
+            renames: dict[int, int] = {}
+            for lid, n in needs.items():
+                renames[lid] = self._new_list_id(set(renames.values()))
+                self._lists[renames[lid]] = self._derived(target_id, lid, n)
+            dst = _Thread(
+                ThreadRow(target_id, created_at, src.row.session_id, metadata, src.row.default_branch, origin)
+            )
+            dst.branches = {
+                name: replace(b, thread_id=target_id, head=mapped(b.head), base=mapped(b.base))
+                for name, b in src.branches.items()
+            }
+            dst.blobs = set(src.blobs)
+            dst.participants = dict(src.participants)
+            for row in rows:
+                new_id = mapped(row.id)
+                assert new_id is not None
+                self._checkpoints[(target_id, new_id)] = replace(
+                    row,
+                    id=new_id,
+                    thread_id=target_id,
+                    parent_id=mapped(row.parent_id),
+                    merge_parent_id=mapped(row.merge_parent_id),
+                    stored_size=0,
+                    manifest=rewrite_list_ids(row.manifest, renames),
+                )
+                self._threads_of.setdefault(new_id, set()).add(target_id)
+                dst.ids.append(new_id)
+            dst.ids.sort()
+            self._threads[target_id] = dst
+            return dst.row
 
     # ------------------------------------------------------------ lists
 

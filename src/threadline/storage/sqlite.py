@@ -57,6 +57,7 @@ from threadline.storage.base import (
     RowQuery,
     StatsRow,
     ThreadRow,
+    branch_deletion,
     decode_manifest,
     encode_manifest,
     manifest_refs,
@@ -145,6 +146,17 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 data BLOB NOT NULL
             )""",
             "CREATE UNIQUE INDEX items_by_list ON items (list_id, pos)",
+        ],
+    ),
+    (
+        2,
+        [
+            """CREATE TABLE participants (
+                tkey INTEGER NOT NULL,
+                principal TEXT NOT NULL,
+                role TEXT NOT NULL,
+                PRIMARY KEY (tkey, principal)
+            ) WITHOUT ROWID""",
         ],
     ),
 ]
@@ -565,6 +577,7 @@ class SQLiteRepository(CheckpointRepository):
             tkey = self._tkey(c, thread_id)
             c.execute("DELETE FROM checkpoints WHERE tkey = ?", (tkey,))
             c.execute("DELETE FROM branches WHERE tkey = ?", (tkey,))
+            c.execute("DELETE FROM participants WHERE tkey = ?", (tkey,))
             c.execute("DELETE FROM threads WHERE tkey = ?", (tkey,))
             return self._gc_thread(c, tkey)
 
@@ -603,6 +616,217 @@ class SQLiteRepository(CheckpointRepository):
             return [self._branch_row(thread_id, r) for r in rows]
 
         return self._read(op)
+
+    def create_branch(self, thread_id: str, name: str, *, head: str | None, created_at: int) -> BranchRow:
+        def op(c: sqlite3.Connection) -> BranchRow:
+            tkey = self._tkey(c, thread_id)
+            if c.execute("SELECT 1 FROM branches WHERE tkey = ? AND name = ?", (tkey, name)).fetchone():
+                raise AlreadyExists(f"branch {name!r} already exists in thread {thread_id!r}")
+            raw = checkpoint_id_bytes(head) if head is not None else None
+            if (
+                raw is not None
+                and not c.execute(
+                    "SELECT 1 FROM checkpoints WHERE tkey = ? AND id = ?", (tkey, raw)
+                ).fetchone()
+            ):
+                raise NotFound(f"checkpoint {head} does not exist in thread {thread_id!r}")
+            c.execute(
+                "INSERT INTO branches (tkey, name, head, created_at, base) VALUES (?, ?, ?, ?, ?)",
+                (tkey, name, raw, created_at, raw),
+            )
+            return BranchRow(thread_id, name, head, created_at, head)
+
+        return self._write(op)
+
+    def rename_branch(self, thread_id: str, old: str, new: str) -> BranchRow:
+        def op(c: sqlite3.Connection) -> BranchRow:
+            tkey = self._tkey(c, thread_id)
+            if c.execute("SELECT 1 FROM branches WHERE tkey = ? AND name = ?", (tkey, new)).fetchone():
+                raise AlreadyExists(f"branch {new!r} already exists in thread {thread_id!r}")
+            cur = c.execute("UPDATE branches SET name = ? WHERE tkey = ? AND name = ?", (new, tkey, old))
+            if not cur.rowcount:
+                raise NotFound(f"branch {old!r} does not exist in thread {thread_id!r}")
+            c.execute(
+                "UPDATE threads SET default_branch = ? WHERE tkey = ? AND default_branch = ?",
+                (new, tkey, old),
+            )
+            row = c.execute(
+                "SELECT name, head, created_at, base FROM branches WHERE tkey = ? AND name = ?", (tkey, new)
+            ).fetchone()
+            return self._branch_row(thread_id, row)
+
+        return self._write(op)
+
+    def delete_branch(self, thread_id: str, name: str, *, force: bool = False) -> GcReport:
+        def op(c: sqlite3.Connection) -> GcReport:
+            tkey = self._tkey(c, thread_id)
+            default = c.execute("SELECT default_branch FROM threads WHERE tkey = ?", (tkey,)).fetchone()[0]
+            if name == default:
+                raise InvalidInput(
+                    f"branch {name!r} is the default branch of thread {thread_id!r}; "
+                    "make another branch the default first"
+                )
+            branches = {
+                r[1]: (r[0], checkpoint_id_from_bytes(r[2]) if r[2] is not None else None)
+                for r in c.execute("SELECT bkey, name, head FROM branches WHERE tkey = ?", (tkey,))
+            }
+            if name not in branches:
+                raise NotFound(f"branch {name!r} does not exist in thread {thread_id!r}")
+            names = {bkey: bname for bname, (bkey, _) in branches.items()}
+            parents: dict[str, tuple[str | None, str | None]] = {}
+            branch_of: dict[str, str] = {}
+            milestones: set[str] = set()
+            for cid, parent, merge, bkey, milestone in c.execute(
+                "SELECT id, parent, merge_parent, bkey, milestone FROM checkpoints WHERE tkey = ?", (tkey,)
+            ):
+                key = checkpoint_id_from_bytes(cid)
+                parents[key] = (
+                    checkpoint_id_from_bytes(parent) if parent is not None else None,
+                    checkpoint_id_from_bytes(merge) if merge is not None else None,
+                )
+                branch_of[key] = names.get(bkey, "")
+                if milestone is not None:
+                    milestones.add(key)
+            heads = {n: h for n, (_, h) in branches.items()}
+            doomed, moved = branch_deletion(parents, branch_of, heads, name)
+            if doomed & milestones and not force:
+                raise Conflict(
+                    f"branch {name!r} holds milestones no other branch reaches; pass force to delete them too"
+                )
+            for cid, target in moved.items():
+                c.execute(
+                    "UPDATE checkpoints SET bkey = ? WHERE tkey = ? AND id = ?",
+                    (branches[target][0], tkey, checkpoint_id_bytes(cid)),
+                )
+            c.executemany(
+                "DELETE FROM checkpoints WHERE tkey = ? AND id = ?",
+                [(tkey, checkpoint_id_bytes(x)) for x in doomed],
+            )
+            c.execute("DELETE FROM branches WHERE bkey = ?", (branches[name][0],))
+            return self._gc_thread(c, tkey)
+
+        return self._write(op)
+
+    def set_default_branch(self, thread_id: str, name: str) -> ThreadRow:
+        def op(c: sqlite3.Connection) -> ThreadRow:
+            tkey = self._tkey(c, thread_id)
+            if not c.execute("SELECT 1 FROM branches WHERE tkey = ? AND name = ?", (tkey, name)).fetchone():
+                raise NotFound(f"branch {name!r} does not exist in thread {thread_id!r}")
+            c.execute("UPDATE threads SET default_branch = ? WHERE tkey = ?", (name, tkey))
+            row = c.execute(f"SELECT {self._THREAD_COLS} FROM threads WHERE tkey = ?", (tkey,)).fetchone()
+            return self._thread_row(row)
+
+        return self._write(op)
+
+    # ------------------------------------------------------------ participants
+
+    def set_participant(self, thread_id: str, principal: str, role: str | None) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            tkey = self._tkey(c, thread_id)
+            if role is None:
+                c.execute("DELETE FROM participants WHERE tkey = ? AND principal = ?", (tkey, principal))
+            else:
+                c.execute(
+                    "INSERT INTO participants (tkey, principal, role) VALUES (?, ?, ?) "
+                    "ON CONFLICT (tkey, principal) DO UPDATE SET role = excluded.role",
+                    (tkey, principal, role),
+                )
+
+        self._write(op)
+
+    def participants(self, thread_id: str) -> dict[str, str]:
+        def op(c: sqlite3.Connection) -> dict[str, str]:
+            tkey = self._tkey(c, thread_id)
+            rows = c.execute(
+                "SELECT principal, role FROM participants WHERE tkey = ? ORDER BY principal", (tkey,)
+            )
+            return dict(rows.fetchall())
+
+        return self._read(op)
+
+    # ------------------------------------------------------------ copies
+
+    def copy_thread(
+        self,
+        source_id: str,
+        target_id: str,
+        *,
+        created_at: int,
+        metadata: bytes,
+        origin: bytes | None,
+        id_map: Mapping[str, str] | None = None,
+    ) -> ThreadRow:
+        def op(c: sqlite3.Connection) -> ThreadRow:
+            src = self._tkey(c, source_id)
+            if c.execute("SELECT 1 FROM threads WHERE id = ?", (target_id,)).fetchone():
+                raise AlreadyExists(f"thread {target_id!r} already exists")
+            session_id, default = c.execute(
+                "SELECT session_id, default_branch FROM threads WHERE tkey = ?", (src,)
+            ).fetchone()
+            cur = c.execute(
+                "INSERT INTO threads (id, created_at, session_id, metadata, default_branch, origin) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (target_id, created_at, session_id, metadata, default, origin),
+            )
+            dst = int(cur.lastrowid or 0)
+
+            def mapped(raw: bytes | None) -> bytes | None:
+                if raw is None or id_map is None:
+                    return raw
+                return checkpoint_id_bytes(id_map[checkpoint_id_from_bytes(raw)])
+
+            bkeys: dict[int, int] = {}
+            for bkey, name, head, bcreated, base in c.execute(
+                "SELECT bkey, name, head, created_at, base FROM branches WHERE tkey = ?", (src,)
+            ).fetchall():
+                cur = c.execute(
+                    "INSERT INTO branches (tkey, name, head, created_at, base) VALUES (?, ?, ?, ?, ?)",
+                    (dst, name, mapped(head), bcreated, mapped(base)),
+                )
+                bkeys[bkey] = int(cur.lastrowid or 0)
+            rows = c.execute(
+                "SELECT id, bkey, parent, merge_parent, kind, status, created_at, expires_at, restore_count, "
+                "logical_size, milestone, header, manifest FROM checkpoints WHERE tkey = ? ORDER BY id",
+                (src,),
+            ).fetchall()
+            manifests = [decode_manifest(bytes(row[12])) for row in rows]
+            needs: dict[int, int] = {}
+            for manifest in manifests:
+                for lid, n in manifest_refs(manifest)[1].items():
+                    needs[lid] = max(needs.get(lid, 0), n)
+            renames: dict[int, int] = {}
+            for lid, n in needs.items():
+                renames[lid] = self._new_list_id(c)
+                self._create_list(c, dst, renames[lid], (lid, n))
+            for row, manifest in zip(rows, manifests, strict=True):
+                c.execute(
+                    "INSERT INTO checkpoints (id, tkey, bkey, parent, merge_parent, kind, status, created_at, "
+                    "expires_at, restore_count, logical_size, stored_size, milestone, header, manifest) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                    (
+                        mapped(row[0]),
+                        dst,
+                        bkeys[row[1]],
+                        mapped(row[2]),
+                        mapped(row[3]),
+                        *row[4:11],
+                        row[11],
+                        encode_manifest(rewrite_list_ids(manifest, renames)),
+                    ),
+                )
+            c.execute(
+                "INSERT INTO thread_blobs (tkey, hash) SELECT ?, hash FROM thread_blobs WHERE tkey = ?",
+                (dst, src),
+            )
+            c.execute(
+                "INSERT INTO participants (tkey, principal, role) "
+                "SELECT ?, principal, role FROM participants WHERE tkey = ?",
+                (dst, src),
+            )
+            row = c.execute(f"SELECT {self._THREAD_COLS} FROM threads WHERE tkey = ?", (dst,)).fetchone()
+            return self._thread_row(row)
+
+        return self._write(op)
 
     # ------------------------------------------------------------ checkpoints
 
