@@ -552,10 +552,10 @@ class CheckpointDomainService:
         new_items = self.serializer.dumps_items(value[start:], path=path)
         if isinstance(old, ListRef) and start > 0:
             list_id, base = (
-                (old.list_id, None) if start == old.length else (_random_list_id(), (old.list_id, start))
+                (old.list_id, None) if start == old.length else (random_list_id(), (old.list_id, start))
             )
         else:
-            list_id, base, prefix = _random_list_id(), None, None
+            list_id, base, prefix = random_list_id(), None, None
         framed = [self.serializer.pack(item) for item in new_items]
         append = ListAppend(
             list_id=list_id,
@@ -992,7 +992,8 @@ class CheckpointDomainService:
 # ---------------------------------------------------------------- helpers
 
 
-def _random_list_id() -> int:
+def random_list_id() -> int:
+    """A new random list id (62 bits: collisions are not a practical concern)."""
     return secrets.randbits(62) + 1
 
 

@@ -60,6 +60,11 @@ class IntegrityError(ThreadlineError):
     """Stored bytes no longer match their checksum or hash, or a reference is dangling."""
 
 
+class ArchiveError(IntegrityError):
+    """A backup archive is truncated, tampered with, malformed or of an unknown
+    format version. Raised before anything is written."""
+
+
 class LimitExceeded(InvalidInput):
     """A state or value is larger than the configured limit."""
 
@@ -74,6 +79,7 @@ class SchemaError(StorageError):
 
 __all__ = [
     "AlreadyExists",
+    "ArchiveError",
     "Conflict",
     "Expired",
     "IntegrityError",

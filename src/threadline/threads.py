@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import builtins
 import enum
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
+from threadline.archive import ArchiveSummary, Progress, restore_archive, verify_archive, write_archive
 from threadline.core import CheckpointDomainService, asyncify
 from threadline.diff import StateDiff, diff_states
 from threadline.errors import AlreadyExists, Conflict, Expired, InvalidInput, NotFound, PermissionDenied
@@ -599,6 +601,43 @@ class ThreadCheckpointService:
         if actor is not None:
             self.core.repository.set_participant(new_thread, actor, Role.OWNER.value)
         return self.core.get_thread(new_thread)
+
+    # ------------------------------------------------------------ backups
+
+    def backup(
+        self,
+        thread_ids: Sequence[str] | str,
+        path: str | os.PathLike[str],
+        *,
+        progress: Progress | None = None,
+        actor: str | None = None,
+    ) -> ArchiveSummary:
+        """Write threads to a portable archive file (see docs/archive.md)."""
+        ids = [thread_ids] if isinstance(thread_ids, str) else builtins.list(thread_ids)
+        for tid in ids:
+            self._require(tid, actor, Role.VIEWER, "back up")
+        return write_archive(self.core, ids, path, progress=progress)
+
+    def verify_backup(
+        self, path: str | os.PathLike[str], *, progress: Progress | None = None
+    ) -> ArchiveSummary:
+        """Check an archive completely without importing it. Raises ArchiveError."""
+        return verify_archive(self.core, path, progress=progress)[0]
+
+    def restore_backup(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        rename: Mapping[str, str] | None = None,
+        progress: Progress | None = None,
+    ) -> ArchiveSummary:
+        """Import an archive: verified first, then one transaction per thread.
+
+        Threads already present with the same checkpoints are skipped; a thread
+        id that exists with different content is a Conflict unless ``rename``
+        maps it to a new id.
+        """
+        return restore_archive(self.core, path, rename=dict(rename or {}), progress=progress)
 
     # ------------------------------------------------------------ iteration helpers
 

@@ -375,6 +375,25 @@ class CheckpointRepository(abc.ABC):
         Raises NotFound (source), AlreadyExists (target).
         """
 
+    @abc.abstractmethod
+    def import_thread(
+        self,
+        thread: ThreadRow,
+        *,
+        branches: Sequence[BranchRow],
+        participants: Mapping[str, str],
+        lists: Iterable[ListAppend],
+        blobs: Iterable[NewBlob],
+        checkpoints: Iterable[CheckpointRow],
+    ) -> None:
+        """Store a whole thread read from a backup archive, in one transaction.
+
+        ``lists`` come first and create (or extend, in chunks) lists whose ids the
+        caller chose; ``checkpoints`` reference those lists and the ``blobs``.
+        The iterables are consumed inside the transaction, so the caller can
+        stream them from a file. Raises AlreadyExists (thread).
+        """
+
     # ------------------------------------------------------------ checkpoints
 
     @abc.abstractmethod

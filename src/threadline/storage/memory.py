@@ -35,8 +35,10 @@ from threadline.storage.base import (
     GcReport,
     ItemRows,
     LifecycleUpdate,
+    ListAppend,
     ListInfo,
     ListRef,
+    NewBlob,
     RowQuery,
     StatsRow,
     ThreadRow,
@@ -242,6 +244,53 @@ class MemoryRepository(CheckpointRepository):
     def participants(self, thread_id: str) -> dict[str, str]:
         with self._lock:
             return dict(sorted(self._thread(thread_id).participants.items()))
+
+    def import_thread(
+        self,
+        thread: ThreadRow,
+        *,
+        branches: Sequence[BranchRow],
+        participants: Mapping[str, str],
+        lists: Iterable[ListAppend],
+        blobs: Iterable[NewBlob],
+        checkpoints: Iterable[CheckpointRow],
+    ) -> None:
+        with self._lock:
+            if thread.id in self._threads:
+                raise AlreadyExists(f"thread {thread.id!r} already exists")
+            new_lists: dict[int, _List] = {}
+            for la in lists:
+                items = list(zip(la.crcs, la.items, strict=True))
+                if la.list_id in new_lists:
+                    target = new_lists[la.list_id]
+                    if target.length != la.start:
+                        raise IntegrityError(f"list {la.list_id} is imported out of order")
+                    target.items.extend(items)
+                    continue
+                if la.list_id in self._lists:
+                    raise AlreadyExists(f"list {la.list_id} already exists")
+                if la.base is not None:
+                    base = new_lists.get(la.base[0]) or self._lists.get(la.base[0])
+                    if base is None or base.length < la.base[1]:
+                        raise StaleReference(f"list {la.base[0]} with {la.base[1]} items does not exist")
+                    new_lists[la.list_id] = _List(thread.id, la.base[0], la.base[1], base.depth + 1, items)
+                else:
+                    new_lists[la.list_id] = _List(thread.id, None, 0, 0, items)
+            new_blobs = {b.hash: b.data for b in blobs}
+            staged = _Thread(thread)
+            staged.branches = {b.name: replace(b, thread_id=thread.id) for b in branches}
+            staged.participants = dict(participants)
+            rows = [replace(r, thread_id=thread.id) for r in checkpoints]
+            for r in rows:
+                staged.blobs |= manifest_refs(r.manifest)[0]
+            self._lists.update(new_lists)
+            for digest, data in new_blobs.items():
+                self._blobs.setdefault(digest, data)
+            for r in rows:
+                self._checkpoints[(thread.id, r.id)] = r
+                self._threads_of.setdefault(r.id, set()).add(thread.id)
+            staged.ids = sorted(r.id for r in rows)
+            self._threads[thread.id] = staged
 
     # ------------------------------------------------------------ copies
 

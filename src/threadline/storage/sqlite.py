@@ -54,6 +54,7 @@ from threadline.storage.base import (
     ListAppend,
     ListInfo,
     ListRef,
+    NewBlob,
     RowQuery,
     StatsRow,
     ThreadRow,
@@ -743,6 +744,81 @@ class SQLiteRepository(CheckpointRepository):
             return dict(rows.fetchall())
 
         return self._read(op)
+
+    def import_thread(
+        self,
+        thread: ThreadRow,
+        *,
+        branches: Sequence[BranchRow],
+        participants: Mapping[str, str],
+        lists: Iterable[ListAppend],
+        blobs: Iterable[NewBlob],
+        checkpoints: Iterable[CheckpointRow],
+    ) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            if c.execute("SELECT 1 FROM threads WHERE id = ?", (thread.id,)).fetchone():
+                raise AlreadyExists(f"thread {thread.id!r} already exists")
+            cur = c.execute(
+                "INSERT INTO threads (id, created_at, session_id, metadata, default_branch, origin) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    thread.id,
+                    thread.created_at,
+                    thread.session_id,
+                    thread.metadata,
+                    thread.default_branch,
+                    thread.origin,
+                ),
+            )
+            tkey = int(cur.lastrowid or 0)
+            for la in lists:
+                self._apply_list(c, tkey, la)
+            for blob in blobs:
+                c.execute("INSERT OR IGNORE INTO blobs (hash, data) VALUES (?, ?)", (blob.hash, blob.data))
+                c.execute("INSERT OR IGNORE INTO thread_blobs (tkey, hash) VALUES (?, ?)", (tkey, blob.hash))
+            bkeys: dict[str, int] = {}
+            for b in branches:
+                cur = c.execute(
+                    "INSERT INTO branches (tkey, name, head, created_at, base) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        tkey,
+                        b.name,
+                        checkpoint_id_bytes(b.head) if b.head else None,
+                        b.created_at,
+                        checkpoint_id_bytes(b.base) if b.base else None,
+                    ),
+                )
+                bkeys[b.name] = int(cur.lastrowid or 0)
+            for row in checkpoints:
+                manifest = encode_manifest(row.manifest)
+                c.execute(
+                    "INSERT INTO checkpoints (id, tkey, bkey, parent, merge_parent, kind, status, created_at, "
+                    "expires_at, restore_count, logical_size, stored_size, milestone, header, manifest) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        checkpoint_id_bytes(row.id),
+                        tkey,
+                        bkeys[row.branch],
+                        checkpoint_id_bytes(row.parent_id) if row.parent_id else None,
+                        checkpoint_id_bytes(row.merge_parent_id) if row.merge_parent_id else None,
+                        KIND_CODES[row.kind],
+                        STATUS_CODES[row.status],
+                        row.created_at,
+                        row.expires_at,
+                        row.restore_count,
+                        row.logical_size,
+                        row.stored_size,
+                        row.milestone,
+                        row.header,
+                        manifest,
+                    ),
+                )
+            c.executemany(
+                "INSERT INTO participants (tkey, principal, role) VALUES (?, ?, ?)",
+                [(tkey, p, r) for p, r in participants.items()],
+            )
+
+        self._write(op)
 
     # ------------------------------------------------------------ copies
 
