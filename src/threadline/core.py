@@ -430,6 +430,7 @@ class CheckpointDomainService:
                 )
             write = CheckpointWrite(
                 id=cid or new_checkpoint_id(parent.id if parent else None),
+                generated_id=cid is None,
                 thread_id=thread_id,
                 branch=branch,
                 kind=kind,
@@ -594,7 +595,10 @@ class CheckpointDomainService:
         return count, _ListCache(b"".join(stored[:count]), offsets)
 
     def _read_list_raw(self, ref: ListRef, checkpoint_id: str) -> list[bytes]:
-        rows = self.repository.get_list_items(ref.list_id, ref.length)
+        try:
+            rows = self.repository.get_list_items(ref.list_id, ref.length)
+        except IntegrityError as exc:
+            raise IntegrityError(f"checkpoint {checkpoint_id}: {exc}") from exc
         out: list[bytes] = []
         for i, (crc, framed) in enumerate(zip(rows.crcs, rows.data, strict=True)):
             framed = bytes(framed)
@@ -608,7 +612,7 @@ class CheckpointDomainService:
     # ------------------------------------------------------------ headers
 
     def _encode_header(self, **fields: Any) -> bytes:
-        packed = {_HEADER_KEYS[k]: v for k, v in fields.items() if v not in (None, (), [], {}, False)}
+        packed = {_HEADER_KEYS[k]: v for k, v in fields.items() if v is not None and not _empty(v)}
         return self.serializer.dumps(packed, path="metadata")
 
     def _decode_header(self, raw: bytes) -> dict[str, Any]:
@@ -995,6 +999,10 @@ class CheckpointDomainService:
 def random_list_id() -> int:
     """A new random list id (62 bits: collisions are not a practical concern)."""
     return secrets.randbits(62) + 1
+
+
+def _empty(value: Any) -> bool:
+    return isinstance(value, tuple | list | dict) and not value
 
 
 def _check_limit(limit: int) -> None:

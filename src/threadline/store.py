@@ -26,8 +26,8 @@ DEFAULT_URL = "sqlite:///./threadline.db"
 def _open_memory(url: str, path: str, options: Mapping[str, str]) -> CheckpointRepository:
     from threadline.storage.memory import MemoryRepository
 
-    if path not in ("", "/"):
-        raise InvalidInput(f"memory:// takes no path, got {url!r}")
+    if path not in ("", "/") or urlsplit(url).netloc:
+        raise InvalidInput(f"memory:// takes no host or path, got {url!r}")
     return MemoryRepository()
 
 

@@ -41,7 +41,8 @@ from threadline.model import CheckpointKind, CheckpointStatus
 #: copies the prefix into a fresh root list instead (rare; bounded reads).
 MAX_LIST_DEPTH: Final = 4
 
-SCHEMA_VERSION: Final = 1
+#: The schema version every backend migrates to; a store with a higher one is refused.
+SCHEMA_VERSION: Final = 2
 
 
 # ---------------------------------------------------------------- refs
@@ -130,6 +131,9 @@ class CheckpointWrite:
     create_branch: bool = False
     merge_parent_id: str | None = None
     restored_from: str | None = None
+    #: The id was generated (not chosen by the caller): the backend may replace
+    #: it by a later one so that a checkpoint's id always sorts after its parent's.
+    generated_id: bool = False
 
 
 _UNSET: Any = object()

@@ -23,7 +23,7 @@ from threadline.errors import (
     StaleReference,
     StorageError,
 )
-from threadline.model import DEFAULT_BRANCH, CheckpointStatus
+from threadline.model import DEFAULT_BRANCH, CheckpointStatus, new_checkpoint_id
 from threadline.storage.base import (
     MAX_LIST_DEPTH,
     SCHEMA_VERSION,
@@ -417,8 +417,11 @@ class MemoryRepository(CheckpointRepository):
                     expected=expected_head,
                     actual=head,
                 )
-            if (write.thread_id, write.id) in self._checkpoints:
-                raise AlreadyExists(f"checkpoint {write.id} already exists in thread {write.thread_id!r}")
+            new_id = write.id
+            if write.generated_id and parent is not None and new_id <= parent:
+                new_id = new_checkpoint_id(after=parent)
+            if (write.thread_id, new_id) in self._checkpoints:
+                raise AlreadyExists(f"checkpoint {new_id} already exists in thread {write.thread_id!r}")
             if (
                 write.restored_from is not None
                 and (write.thread_id, write.restored_from) not in self._checkpoints
@@ -487,7 +490,7 @@ class MemoryRepository(CheckpointRepository):
                     stored += len(data)
             stored += len(manifest_bytes) + len(write.header)
             row = CheckpointRow(
-                id=write.id,
+                id=new_id,
                 thread_id=write.thread_id,
                 branch=write.branch,
                 parent_id=parent,
@@ -510,9 +513,9 @@ class MemoryRepository(CheckpointRepository):
             self._lists.update(new_lists)
             for lst, items in appends:
                 lst.items.extend(items)
-            self._checkpoints[(write.thread_id, write.id)] = row
-            self._threads_of.setdefault(write.id, set()).add(write.thread_id)
-            bisect.insort(thread.ids, write.id)
+            self._checkpoints[(write.thread_id, new_id)] = row
+            self._threads_of.setdefault(new_id, set()).add(write.thread_id)
+            bisect.insort(thread.ids, new_id)
             if write.restored_from is not None:
                 old = self._checkpoints[(write.thread_id, write.restored_from)]
                 self._checkpoints[(write.thread_id, old.id)] = replace(
@@ -520,11 +523,11 @@ class MemoryRepository(CheckpointRepository):
                 )
             if write.create_branch:
                 thread.branches[write.branch] = BranchRow(
-                    write.thread_id, write.branch, write.id, write.created_at, write.parent_id
+                    write.thread_id, write.branch, new_id, write.created_at, write.parent_id
                 )
             else:
                 assert branch is not None
-                thread.branches[write.branch] = replace(branch, head=write.id)
+                thread.branches[write.branch] = replace(branch, head=new_id)
             return row
 
     def _forget(self, thread_id: str, checkpoint_id: str) -> None:

@@ -39,6 +39,7 @@ from threadline.model import (
     STATUSES_BY_CODE,
     checkpoint_id_bytes,
     checkpoint_id_from_bytes,
+    new_checkpoint_id,
 )
 from threadline.storage.base import (
     MAX_LIST_DEPTH,
@@ -209,8 +210,6 @@ class SQLiteRepository(CheckpointRepository):
         conn.isolation_level = None
         with self._translate():
             conn.execute("PRAGMA busy_timeout = 0")
-            if self._shared is None or conn is self._shared:
-                self._set_journal(conn)
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA foreign_keys = OFF")
             conn.execute("PRAGMA cache_size = -16000")
@@ -323,6 +322,8 @@ class SQLiteRepository(CheckpointRepository):
                 f"{self.url} has schema version {current}, written by a newer threadline "
                 f"(this one knows up to {SCHEMA_VERSION}); upgrade threadline to open it"
             )
+        with self._translate():
+            self._set_journal(conn)
         if current == SCHEMA_VERSION:
             return
         if not tables:
@@ -977,9 +978,12 @@ class SQLiteRepository(CheckpointRepository):
                     raise StaleReference(f"blob {digest.hex()} does not exist")
             manifest_bytes = encode_manifest(manifest)
             stored += len(manifest_bytes) + len(write.header)
-            cid = checkpoint_id_bytes(write.id)
+            new_id = write.id
+            if write.generated_id and parent is not None and new_id <= parent:
+                new_id = new_checkpoint_id(after=parent)
+            cid = checkpoint_id_bytes(new_id)
             if c.execute("SELECT 1 FROM checkpoints WHERE tkey = ? AND id = ?", (tkey, cid)).fetchone():
-                raise AlreadyExists(f"checkpoint {write.id} already exists in thread {write.thread_id!r}")
+                raise AlreadyExists(f"checkpoint {new_id} already exists in thread {write.thread_id!r}")
             if (
                 write.milestone is not None
                 and c.execute(
@@ -1022,7 +1026,7 @@ class SQLiteRepository(CheckpointRepository):
                         f"checkpoint {write.restored_from} does not exist in thread {write.thread_id!r}"
                     )
             return CheckpointRow(
-                id=write.id,
+                id=new_id,
                 thread_id=write.thread_id,
                 branch=write.branch,
                 parent_id=parent,
