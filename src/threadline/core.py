@@ -496,7 +496,7 @@ class CheckpointDomainService:
         for key, (prefix, new_items) in plan.list_bodies.items():
             ref = row.manifest[key]
             assert isinstance(ref, ListRef)
-            offsets = list(prefix.offsets) if prefix else [0]
+            offsets = [*prefix.offsets] if prefix else [0]
             for item in new_items:
                 offsets.append(offsets[-1] + len(item))
             body = (prefix.body if prefix else b"") + b"".join(new_items)
@@ -544,10 +544,9 @@ class CheckpointDomainService:
         an unchanged one.
         """
         whole = self.serializer.dumps(value, path=path)
-        body = memoryview(whole)[len(array_header(len(value))) :]
         start, prefix = 0, None
         if isinstance(old, ListRef):
-            start, prefix = self._common_prefix(value, body, path, old)
+            start, prefix = self._common_prefix(value, whole, len(array_header(len(value))), path, old)
         if isinstance(old, ListRef) and start == len(value):
             return ListRef(old.list_id, start), None, None, [], len(whole)
         new_items = self.serializer.dumps_items(value[start:], path=path)
@@ -569,13 +568,16 @@ class CheckpointDomainService:
         return ListRef(list_id, len(value)), append, prefix, new_items, len(whole)
 
     def _common_prefix(
-        self, value: list[Any], body: memoryview, path: str, old: ListRef
+        self, value: list[Any], whole: bytes, start: int, path: str, old: ListRef
     ) -> tuple[int, _ListCache | None]:
-        """How many leading items the new list shares with the stored list ``old``."""
+        """How many leading items the new list (serialized in ``whole`` from
+        ``start``) shares with the stored list ``old``."""
         cached = self._caches.list(old.list_id)
         if cached is not None and cached.length >= old.length:
             end = cached.offsets[min(old.length, len(value))]
-            if old.length <= len(value) and body[:end] == memoryview(cached.body)[:end]:
+            if old.length <= len(value) and whole.startswith(memoryview(cached.body)[:end], start):
+                if cached.length == old.length:
+                    return old.length, cached
                 return old.length, _ListCache(cached.body[:end], cached.offsets[: old.length + 1])
             stored = [cached.body[cached.offsets[i] : cached.offsets[i + 1]] for i in range(old.length)]
         else:
@@ -599,15 +601,15 @@ class CheckpointDomainService:
             rows = self.repository.get_list_items(ref.list_id, ref.length)
         except IntegrityError as exc:
             raise IntegrityError(f"checkpoint {checkpoint_id}: {exc}") from exc
-        out: list[bytes] = []
-        for i, (crc, framed) in enumerate(zip(rows.crcs, rows.data, strict=True)):
-            framed = bytes(framed)
-            if zlib.crc32(framed) != crc:
+        crc32 = zlib.crc32
+        data = rows.data
+        for i, (crc, framed) in enumerate(zip(rows.crcs, data, strict=True)):
+            if crc32(framed) != crc:
                 raise IntegrityError(
                     f"checkpoint {checkpoint_id}: item {i} of a stored list does not match its checksum"
                 )
-            out.append(self.serializer.unpack(framed))
-        return out
+        unpack = self.serializer.unpack
+        return [f[1:] if f[:1] == b"\x00" else unpack(f) for f in data]
 
     # ------------------------------------------------------------ headers
 

@@ -410,12 +410,17 @@ class SQLiteRepository(CheckpointRepository):
         )
 
     @staticmethod
-    def _list_info(c: sqlite3.Connection, list_id: int) -> tuple[int, int | None, int, int, bool] | None:
-        """(owner tkey, base id, base length, depth, sealed) of a list."""
+    def _list_info(c: sqlite3.Connection, list_id: int) -> tuple[int, int | None, int, int, bool, int] | None:
+        """(owner tkey, base id, base length, depth, sealed, length) of a list."""
         row = c.execute(
-            "SELECT tkey, base_id, base_len, depth, sealed FROM lists WHERE list_id = ?", (list_id,)
+            "SELECT tkey, base_id, base_len, depth, sealed, "
+            "(SELECT max(pos) FROM items WHERE items.list_id = lists.list_id) FROM lists WHERE list_id = ?",
+            (list_id,),
         ).fetchone()
-        return (row[0], row[1], row[2], row[3], bool(row[4])) if row else None
+        if row is None:
+            return None
+        length = row[2] if row[5] is None else max(row[2], row[5] + 1)
+        return (row[0], row[1], row[2], row[3], bool(row[4]), length)
 
     @staticmethod
     def _list_length(c: sqlite3.Connection, list_id: int, base_len: int) -> int:
@@ -436,10 +441,10 @@ class SQLiteRepository(CheckpointRepository):
         end = length
         hops = 0
         while current is not None and end > 0:
-            info = self._list_info(c, current)
+            info = c.execute("SELECT base_id, base_len FROM lists WHERE list_id = ?", (current,)).fetchone()
             if info is None:
                 raise IntegrityError(f"list {current} is missing from the store")
-            _, base_id, base_len, _, _ = info
+            base_id, base_len = info
             lo = base_len if base_id is not None else 0
             if end > lo:
                 segments.append((current, lo, end))
@@ -461,7 +466,7 @@ class SQLiteRepository(CheckpointRepository):
         info = self._list_info(c, base_id)
         if info is None:
             raise StaleReference(f"list {base_id} does not exist")
-        if self._list_length(c, base_id, info[2]) < base_len:
+        if info[5] < base_len:
             raise StaleReference(f"list {base_id} has fewer than {base_len} items")
         depth = info[3] + 1
         if depth < MAX_LIST_DEPTH:
@@ -491,8 +496,7 @@ class SQLiteRepository(CheckpointRepository):
                     raise StaleReference(f"list {target} does not exist")
                 self._create_list(c, tkey, target, None)
             else:
-                owner, _, base_len, _, sealed = info
-                length = self._list_length(c, target, base_len)
+                owner, _, _, _, sealed, length = info
                 if length < la.start:
                     raise StaleReference(f"list {target} has {length} items, fewer than {la.start}")
                 if sealed or length != la.start or owner != tkey:
@@ -510,7 +514,7 @@ class SQLiteRepository(CheckpointRepository):
     def _check_list_ref(self, c: sqlite3.Connection, tkey: int, ref: ListRef) -> ListRef:
         """Make sure a referenced list prefix exists and is owned by this thread."""
         info = self._list_info(c, ref.list_id)
-        if info is None or self._list_length(c, ref.list_id, info[2]) < ref.length:
+        if info is None or info[5] < ref.length:
             raise StaleReference(f"list {ref.list_id} with {ref.length} items does not exist")
         if info[0] == tkey:
             return ref
@@ -911,10 +915,15 @@ class SQLiteRepository(CheckpointRepository):
         self, write: CheckpointWrite, *, expected_head: str | Any | None = UNSET
     ) -> CheckpointRow:
         def op(c: sqlite3.Connection) -> CheckpointRow:
-            tkey = self._tkey(c, write.thread_id)
-            branch = c.execute(
-                "SELECT bkey, head FROM branches WHERE tkey = ? AND name = ?", (tkey, write.branch)
+            found = c.execute(
+                "SELECT t.tkey, b.bkey, b.head FROM threads t "
+                "LEFT JOIN branches b ON b.tkey = t.tkey AND b.name = ? WHERE t.id = ?",
+                (write.branch, write.thread_id),
             ).fetchone()
+            if found is None:
+                raise NotFound(f"thread {write.thread_id!r} does not exist")
+            tkey = found[0]
+            branch = found[1:] if found[1] is not None else None
             if write.create_branch:
                 if branch is not None:
                     raise Conflict(f"branch {write.branch!r} already exists in thread {write.thread_id!r}")
@@ -982,8 +991,6 @@ class SQLiteRepository(CheckpointRepository):
             if write.generated_id and parent is not None and new_id <= parent:
                 new_id = new_checkpoint_id(after=parent)
             cid = checkpoint_id_bytes(new_id)
-            if c.execute("SELECT 1 FROM checkpoints WHERE tkey = ? AND id = ?", (tkey, cid)).fetchone():
-                raise AlreadyExists(f"checkpoint {new_id} already exists in thread {write.thread_id!r}")
             if (
                 write.milestone is not None
                 and c.execute(
@@ -995,26 +1002,31 @@ class SQLiteRepository(CheckpointRepository):
                 )
             parent_b = checkpoint_id_bytes(parent) if parent else None
             merge_b = checkpoint_id_bytes(write.merge_parent_id) if write.merge_parent_id else None
-            c.execute(
-                "INSERT INTO checkpoints (id, tkey, bkey, parent, merge_parent, kind, status, created_at, "
-                "expires_at, logical_size, stored_size, milestone, header, manifest) "
-                "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    cid,
-                    tkey,
-                    bkey,
-                    parent_b,
-                    merge_b,
-                    KIND_CODES[write.kind],
-                    write.created_at,
-                    write.expires_at,
-                    write.logical_size,
-                    stored,
-                    write.milestone,
-                    write.header,
-                    manifest_bytes,
-                ),
-            )
+            try:
+                c.execute(
+                    "INSERT INTO checkpoints (id, tkey, bkey, parent, merge_parent, kind, status, created_at, "
+                    "expires_at, logical_size, stored_size, milestone, header, manifest) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        cid,
+                        tkey,
+                        bkey,
+                        parent_b,
+                        merge_b,
+                        KIND_CODES[write.kind],
+                        write.created_at,
+                        write.expires_at,
+                        write.logical_size,
+                        stored,
+                        write.milestone,
+                        write.header,
+                        manifest_bytes,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(
+                    f"checkpoint {new_id} already exists in thread {write.thread_id!r}"
+                ) from None
             c.execute("UPDATE branches SET head = ? WHERE bkey = ?", (cid, bkey))
             if write.restored_from is not None:
                 cur = c.execute(
@@ -1116,7 +1128,7 @@ class SQLiteRepository(CheckpointRepository):
                         WHERE p.parent IS NOT NULL AND chain.n + 1 < :limit
                     )
                     SELECT {self._CP_COLS} FROM chain
-                    JOIN checkpoints c ON c.tkey = :t AND c.id = chain.id
+                    CROSS JOIN checkpoints c ON c.tkey = :t AND c.id = chain.id
                     JOIN threads t ON t.tkey = c.tkey JOIN branches b ON b.bkey = c.bkey
                     ORDER BY chain.n""",
                 {"t": tkey, "start": checkpoint_id_bytes(start_id), "limit": limit},
