@@ -41,6 +41,7 @@ from threadline.errors import (
     LimitExceeded,
     NotFound,
     SerializationError,
+    ThreadlineError,
 )
 from threadline.model import (
     KIND_CODES,
@@ -338,11 +339,30 @@ def _open_archive(path: str | os.PathLike[str]) -> tuple[BinaryIO, int]:
 def verify_archive(
     core: CheckpointDomainService, path: str | os.PathLike[str], *, progress: Progress | None = None
 ) -> tuple[ArchiveSummary, dict[str, _ThreadIndex], dict[bytes, int]]:
-    """Check an archive completely without importing it.
+    """Check an archive completely without importing it: structure, checksums,
+    references, and that every value, header and metadata decodes.
 
     Returns the summary and the index import uses. Raises ArchiveError with
-    what is wrong; LimitExceeded for a decompression bomb.
+    what is wrong.
     """
+    try:
+        return _verify(core, path, progress)
+    except ArchiveError:
+        raise
+    except (ThreadlineError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise ArchiveError(f"archive is malformed: {exc}") from None
+
+
+def _decodes(core: CheckpointDomainService, data: bytes, what: str) -> None:
+    try:
+        core.serializer.loads(data)
+    except SerializationError as exc:
+        raise ArchiveError(f"archive {what} cannot be decoded ({exc})") from None
+
+
+def _verify(
+    core: CheckpointDomainService, path: str | os.PathLike[str], progress: Progress | None
+) -> tuple[ArchiveSummary, dict[str, _ThreadIndex], dict[bytes, int]]:
     stream, size = _open_archive(path)
     with stream:
         reader = _Reader(stream, size)
@@ -382,6 +402,7 @@ def verify_archive(
                     ) from None
                 if blob_hash(raw) != digest:
                     raise ArchiveError(f"archive value {digest.hex()} does not match its hash")
+                _decodes(core, raw, f"value {digest.hex()}")
                 values[digest] = offset
             elif tag == b"L":
                 index = _thread_of(threads, rec, "list")
@@ -407,6 +428,9 @@ def verify_archive(
                 if index.record is not None:
                     raise ArchiveError(f"archive holds thread {tid!r} twice")
                 _check_thread_record(rec)
+                _decodes(core, rec["metadata"], f"metadata of thread {tid!r}")
+                if rec.get("origin"):
+                    _decodes(core, rec["origin"], f"origin of thread {tid!r}")
                 index.record = rec
             elif tag == b"C":
                 index = _thread_of(threads, rec, "checkpoint")
@@ -418,6 +442,10 @@ def verify_archive(
                     raise ArchiveError(f"archive holds checkpoint {cid} twice")
                 seen_checkpoints.add(key)
                 _check_checkpoint_record(rec, index, values)
+                _decodes(core, rec["h"], f"header of checkpoint {cid}")
+                for key, ref in rec["v"].items():
+                    if ref[0] == 0:
+                        _decodes(core, core.serializer.unpack(ref[1]), f"value {key!r} of checkpoint {cid}")
                 index.checkpoints.append(offset)
                 index.rows.append((cid, rec.get("p"), rec["k"], rec["c"], rec["l"]))
                 summary.checkpoints += 1
@@ -497,11 +525,12 @@ def _check_checkpoint_record(rec: dict[str, Any], index: _ThreadIndex, values: d
             raise ArchiveError("archive checkpoint has a malformed state entry")
         if ref[0] == 0 and len(ref) == 2 and isinstance(ref[1], bytes):
             continue
-        if ref[0] == 1 and len(ref) == 2 and ref[1] in values:
+        if ref[0] == 1 and len(ref) == 2 and isinstance(ref[1], bytes) and ref[1] in values:
             continue
         if (
             ref[0] == 2
             and len(ref) == 3
+            and isinstance(ref[1], int)
             and isinstance(ref[2], int)
             and index.list_lengths.get(ref[1], -1) >= ref[2] >= 0
         ):

@@ -116,7 +116,7 @@ _HEADER_KEYS = {
 class _ListCache:
     """Serialized items of a stored list prefix: concatenated bodies and item offsets."""
 
-    body: bytes
+    body: bytes | memoryview
     offsets: list[int]  # offsets[i] = where item i starts; offsets[-1] = len(body)
 
     @property
@@ -196,7 +196,8 @@ class _Plan:
     manifest: Manifest
     blobs: list[NewBlob]
     lists: list[ListAppend]
-    list_bodies: dict[str, tuple[_ListCache | None, list[bytes]]]  # state key -> (known prefix, new items)
+    #: state key -> (known prefix, new item encodings, the whole list's item bytes)
+    list_bodies: dict[str, tuple[_ListCache | None, list[bytes], memoryview]]
     logical_size: int
 
 
@@ -219,7 +220,7 @@ class CheckpointDomainService:
         repository: CheckpointRepository,
         serializer: Serializer,
         *,
-        inline_limit: int = 64,
+        inline_limit: int = 24,
         max_state_bytes: int | None = 256 << 20,
         list_min_items: int = 2,
     ) -> None:
@@ -277,7 +278,7 @@ class CheckpointDomainService:
         self, *, session_id: str | None = None, cursor: str | None = None, limit: int = 100
     ) -> Page[Thread]:
         """Threads ordered by id, a page at a time."""
-        _check_limit(limit)
+        check_limit(limit)
         rows = self.repository.list_threads(session_id=session_id, after=cursor, limit=limit + 1)
         items = [self._thread(r) for r in rows[:limit]]
         return Page(items, items[-1].id if len(rows) > limit else None)
@@ -493,13 +494,12 @@ class CheckpointDomainService:
         self._caches.remember_head(row)
         for blob in plan.blobs:
             self._caches.remember_blob(blob.hash)
-        for key, (prefix, new_items) in plan.list_bodies.items():
+        for key, (prefix, new_items, body) in plan.list_bodies.items():
             ref = row.manifest[key]
             assert isinstance(ref, ListRef)
             offsets = [*prefix.offsets] if prefix else [0]
             for item in new_items:
                 offsets.append(offsets[-1] + len(item))
-            body = (prefix.body if prefix else b"") + b"".join(new_items)
             self._caches.remember_list(ref.list_id, _ListCache(body, offsets))
 
     # ------------------------------------------------------------ encoding
@@ -508,19 +508,19 @@ class CheckpointDomainService:
         manifest: Manifest = {}
         blobs: list[NewBlob] = []
         lists: list[ListAppend] = []
-        bodies: dict[str, tuple[_ListCache | None, list[bytes]]] = {}
+        bodies: dict[str, tuple[_ListCache | None, list[bytes], memoryview]] = {}
         logical = 0
         parent_manifest = parent.manifest if parent else {}
         for key, value in state.items():
             path = f"state[{key!r}]"
             old = parent_manifest.get(key)
             if type(value) is list and len(value) >= self.list_min_items:
-                ref, append, prefix, new_items, size = self._plan_list(value, path, old)
+                ref, append, prefix, new_items, body = self._plan_list(value, path, old)
                 manifest[key] = ref
-                logical += size
+                logical += len(body) + len(array_header(len(value)))
                 if append is not None:
                     lists.append(append)
-                    bodies[key] = (prefix, new_items)
+                    bodies[key] = (prefix, new_items, body)
                 continue
             data = self.serializer.dumps(value, path=path)
             logical += len(data)
@@ -536,7 +536,7 @@ class CheckpointDomainService:
 
     def _plan_list(
         self, value: list[Any], path: str, old: Ref | None
-    ) -> tuple[ListRef, ListAppend | None, _ListCache | None, list[bytes], int]:
+    ) -> tuple[ListRef, ListAppend | None, _ListCache | None, list[bytes], memoryview]:
         """Store a list as "the first n items of list L", appending only what is new.
 
         The new list is serialized whole (one C call) and its bytes compared with
@@ -544,11 +544,13 @@ class CheckpointDomainService:
         an unchanged one.
         """
         whole = self.serializer.dumps(value, path=path)
+        header = len(array_header(len(value)))
+        body = memoryview(whole)[header:]
         start, prefix = 0, None
         if isinstance(old, ListRef):
-            start, prefix = self._common_prefix(value, whole, len(array_header(len(value))), path, old)
+            start, prefix = self._common_prefix(value, whole, header, path, old)
         if isinstance(old, ListRef) and start == len(value):
-            return ListRef(old.list_id, start), None, None, [], len(whole)
+            return ListRef(old.list_id, start), None, None, [], body
         new_items = self.serializer.dumps_items(value[start:], path=path)
         if isinstance(old, ListRef) and start > 0:
             list_id, base = (
@@ -565,7 +567,7 @@ class CheckpointDomainService:
             fork_id=0,
             base=base,
         )
-        return ListRef(list_id, len(value)), append, prefix, new_items, len(whole)
+        return ListRef(list_id, len(value)), append, prefix, new_items, body
 
     def _common_prefix(
         self, value: list[Any], whole: bytes, start: int, path: str, old: ListRef
@@ -579,7 +581,9 @@ class CheckpointDomainService:
                 if cached.length == old.length:
                     return old.length, cached
                 return old.length, _ListCache(cached.body[:end], cached.offsets[: old.length + 1])
-            stored = [cached.body[cached.offsets[i] : cached.offsets[i + 1]] for i in range(old.length)]
+            stored: Sequence[bytes | memoryview] = [
+                cached.body[cached.offsets[i] : cached.offsets[i + 1]] for i in range(old.length)
+            ]
         else:
             try:
                 stored = self._read_list_raw(old, "parent")
@@ -730,7 +734,7 @@ class CheckpointDomainService:
         Pass the returned ``next_cursor`` as ``cursor`` for the next page.
         Raises NotFound (thread), InvalidInput (limit, cursor).
         """
-        _check_limit(limit)
+        check_limit(limit)
         rows = self.scan(thread_id, filter, limit=limit + 1, cursor=cursor)
         items = [self._checkpoint(r) for r in rows[:limit]]
         return Page(items, items[-1].id if len(rows) > limit else None)
@@ -780,14 +784,13 @@ class CheckpointDomainService:
         header = self._decode_header(row.header)
         if f.tags and not f.tags <= set(header.get("tags", ())):
             return False
-        metadata = header.get("metadata", {})
-        return all(key in metadata and _same(metadata[key], value) for key, value in f.metadata.items())
+        return metadata_matches(header.get("metadata", {}), f.metadata)
 
     def history(
         self, thread_id: str, branch: str = DEFAULT_BRANCH, *, limit: int = 50, cursor: str | None = None
     ) -> Page[Checkpoint]:
         """A branch's history: its head and first-parent ancestors, newest first."""
-        _check_limit(limit)
+        check_limit(limit)
         start = (
             validate_checkpoint_id(cursor)
             if cursor
@@ -1007,7 +1010,7 @@ def _empty(value: Any) -> bool:
     return isinstance(value, tuple | list | dict) and not value
 
 
-def _check_limit(limit: int) -> None:
+def check_limit(limit: int) -> None:
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1 or limit > 100_000:
         raise InvalidInput(f"limit must be an integer between 1 and 100000, got {limit!r}")
 
@@ -1022,6 +1025,11 @@ def _check_tags(tags: Sequence[str]) -> tuple[str, ...]:
     if isinstance(tags, str):
         raise InvalidInput("tags must be a sequence of strings, not a single string")
     return tuple(dict.fromkeys(validate_id(t, "tag") for t in tags))
+
+
+def metadata_matches(metadata: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Every wanted key is present with an equal value (True is not 1)."""
+    return all(key in metadata and _same(metadata[key], value) for key, value in wanted.items())
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -75,7 +75,16 @@ def diff_states(a: Mapping[str, Any], b: Mapping[str, Any]) -> StateDiff:
 
 
 def _equal(a: Any, b: Any) -> bool:
-    return type(a) is type(b) and bool(a == b)
+    """Equality that also compares types all the way down (1, 1.0 and True differ)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, set | frozenset):
+        return bool(a == b) and {(type(x), x) for x in a} == {(type(x), x) for x in b}
+    return bool(a == b)
 
 
 def _plain(value: Any) -> Any:

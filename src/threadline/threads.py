@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from threadline.archive import ArchiveSummary, Progress, restore_archive, verify_archive, write_archive
-from threadline.core import CheckpointDomainService, asyncify
+from threadline.core import CheckpointDomainService, asyncify, check_limit, metadata_matches
 from threadline.diff import StateDiff, diff_states
 from threadline.errors import AlreadyExists, Conflict, Expired, InvalidInput, NotFound, PermissionDenied
 from threadline.model import (
@@ -28,6 +28,7 @@ from threadline.model import (
     CheckpointStatus,
     Page,
     Thread,
+    check_metadata,
     new_checkpoint_id,
     new_id,
     now_us,
@@ -141,11 +142,13 @@ class ThreadCheckpointService:
         """Threads ordered by id, optionally of one session and matching metadata equality."""
         if not metadata:
             return self.core.list_threads(session_id=session_id, cursor=cursor, limit=limit)
+        check_limit(limit)
+        wanted = check_metadata(metadata)
         items: builtins.list[Thread] = []
         after = cursor
         while len(items) <= limit:
             page = self.core.list_threads(session_id=session_id, cursor=after, limit=500)
-            items.extend(t for t in page.items if all(t.metadata.get(k) == v for k, v in metadata.items()))
+            items.extend(t for t in page.items if metadata_matches(t.metadata, wanted))
             if page.next_cursor is None:
                 break
             after = page.next_cursor
