@@ -75,6 +75,7 @@ from threadline.storage.base import (
     NewBlob,
     Ref,
     RowQuery,
+    SyncPointRow,
     ThreadRow,
 )
 
@@ -189,6 +190,27 @@ class _Caches:
             self.lists.clear()
             self.blobs.clear()
             self.list_bytes = 0
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A validated checkpoint write, planned against its parent at commit time."""
+
+    thread_id: str
+    branch: str
+    kind: CheckpointKind
+    created_at: int
+    expires_at: int | None
+    header: bytes
+    state: Mapping[str, Any]
+    state_of: CheckpointRow | None
+    milestone: str | None
+    checkpoint_id: str | None
+    create_branch: bool
+    parent_for_branch: str | None
+    merge_parent_id: str | None
+    restored_from: str | None
+    expected_head: Any
 
 
 @dataclass(frozen=True)
@@ -337,6 +359,7 @@ class CheckpointDomainService:
         origin: Mapping[str, Any] | None = None,
         state_of: CheckpointRow | None = None,
         skip_unchanged: bool = False,
+        _capture: builtins.list[_Request] | None = None,
     ) -> Checkpoint:
         """Write a checkpoint of ``state`` on a branch of a thread and advance its head.
 
@@ -410,53 +433,108 @@ class CheckpointDomainService:
         )
         cid = validate_checkpoint_id(checkpoint_id) if checkpoint_id is not None else None
 
-        for attempt in range(2):
-            parent = self._planning_parent(thread_id, branch, parent_for_branch if create_branch else UNSET)
-            plan = (
-                _Plan(dict(state_of.manifest), [], [], {}, state_of.logical_size)
-                if state_of is not None
-                else self._plan(state, parent)
-            )
+        request = _Request(
+            thread_id=thread_id,
+            branch=branch,
+            kind=kind,
+            created_at=created,
+            expires_at=expires,
+            header=header,
+            state=state,
+            state_of=state_of,
+            milestone=milestone,
+            checkpoint_id=cid,
+            create_branch=create_branch,
+            parent_for_branch=parent_for_branch,
+            merge_parent_id=validate_checkpoint_id(merge_parent_id) if merge_parent_id else None,
+            restored_from=restored_from,
+            expected_head=expected_head,
+        )
+        if _capture is not None:  # create_many: validate and prepare only
+            _capture.append(request)
+            return None  # type: ignore[return-value]
+        if skip_unchanged and not create_branch:
+            parent = self._planning_parent(thread_id, branch, UNSET)
             if (
-                skip_unchanged
-                and not create_branch
-                and parent is not None
-                and plan.manifest == parent.manifest
+                parent is not None
+                and self._plan_request(request, parent).manifest == parent.manifest
                 and self.repository.get_branch(thread_id, branch).head == parent.id
             ):
                 return self._checkpoint(parent)
-            if self.max_state_bytes is not None and plan.logical_size > self.max_state_bytes:
-                raise LimitExceeded(
-                    f"state of {plan.logical_size} bytes exceeds the limit of {self.max_state_bytes} bytes"
-                )
-            write = CheckpointWrite(
-                id=cid or new_checkpoint_id(parent.id if parent else None),
-                generated_id=cid is None,
-                thread_id=thread_id,
-                branch=branch,
-                kind=kind,
-                created_at=created,
-                expires_at=expires,
-                header=header,
-                manifest=plan.manifest,
-                blobs=plan.blobs,
-                lists=plan.lists,
-                logical_size=plan.logical_size,
-                milestone=milestone,
-                parent_id=parent_for_branch,
-                create_branch=create_branch,
-                merge_parent_id=validate_checkpoint_id(merge_parent_id) if merge_parent_id else None,
-                restored_from=restored_from,
+        return self._commit([request])[0]
+
+    def create_many(
+        self, requests: Sequence[Mapping[str, Any]], *, sync_point: SyncPointRow | None = None
+    ) -> builtins.list[Checkpoint]:
+        """Write several checkpoints (on any threads) in one transaction: all or nothing.
+
+        Each request holds the keyword arguments of :meth:`create` (``thread_id``
+        and ``state`` included; ``skip_unchanged`` is not supported). With
+        ``sync_point``, a sync point over the written checkpoints is recorded in
+        the same transaction. Raises what ``create`` raises; nothing is stored then.
+        """
+        prepared = [self._request(**dict(r)) for r in requests]
+        if not prepared:
+            raise InvalidInput("create_many needs at least one checkpoint to write")
+        return self._commit(prepared, sync_point=sync_point)
+
+    def _request(self, **fields: Any) -> _Request:
+        captured: builtins.list[_Request] = []
+        self.create(**fields, _capture=captured)
+        return captured[0]
+
+    def _plan_request(self, request: _Request, parent: CheckpointRow | None) -> _Plan:
+        if request.state_of is not None:
+            return _Plan(dict(request.state_of.manifest), [], [], {}, request.state_of.logical_size)
+        plan = self._plan(request.state, parent)
+        if self.max_state_bytes is not None and plan.logical_size > self.max_state_bytes:
+            raise LimitExceeded(
+                f"state of {plan.logical_size} bytes exceeds the limit of {self.max_state_bytes} bytes"
             )
+        return plan
+
+    def _commit(
+        self, requests: Sequence[_Request], *, sync_point: SyncPointRow | None = None
+    ) -> builtins.list[Checkpoint]:
+        for attempt in range(2):
+            plans: builtins.list[_Plan] = []
+            writes: builtins.list[tuple[CheckpointWrite, Any]] = []
+            for r in requests:
+                parent = self._planning_parent(
+                    r.thread_id, r.branch, r.parent_for_branch if r.create_branch else UNSET
+                )
+                plan = self._plan_request(r, parent)
+                plans.append(plan)
+                write = CheckpointWrite(
+                    id=r.checkpoint_id or new_checkpoint_id(parent.id if parent else None),
+                    generated_id=r.checkpoint_id is None,
+                    thread_id=r.thread_id,
+                    branch=r.branch,
+                    kind=r.kind,
+                    created_at=r.created_at,
+                    expires_at=r.expires_at,
+                    header=r.header,
+                    manifest=plan.manifest,
+                    blobs=plan.blobs,
+                    lists=plan.lists,
+                    logical_size=plan.logical_size,
+                    milestone=r.milestone,
+                    parent_id=r.parent_for_branch,
+                    create_branch=r.create_branch,
+                    merge_parent_id=r.merge_parent_id,
+                    restored_from=r.restored_from,
+                )
+                writes.append((write, r.expected_head))
             try:
-                row = self.repository.append_checkpoint(write, expected_head=expected_head)
+                rows = self.repository.append_checkpoints(writes, sync_point=sync_point)
             except StaleReference:
                 self._caches.clear()
                 if attempt:
                     raise
                 continue
-            self._remember(row, plan)
-            return self._checkpoint(row)
+            for row, plan in zip(rows, plans, strict=True):
+                self._remember(row, plan)
+            return [self._checkpoint(row) for row in rows]
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod

@@ -42,7 +42,7 @@ from threadline.model import CheckpointKind, CheckpointStatus
 MAX_LIST_DEPTH: Final = 4
 
 #: The schema version every backend migrates to; a store with a higher one is refused.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 
 # ---------------------------------------------------------------- refs
@@ -172,6 +172,40 @@ class ThreadRow:
     metadata: bytes
     default_branch: str
     origin: bytes | None
+    #: The thread's own retention policy fields (encoded by the session layer), if any.
+    policy: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    id: str
+    created_at: int
+    metadata: bytes
+    owner: str | None
+    status: str
+    policy: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPointRow:
+    """A label over one checkpoint per thread, written atomically."""
+
+    session_id: str
+    label: str
+    created_at: int
+    members: tuple[tuple[str, str], ...]  # (thread id, checkpoint id)
+    metadata: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWrite:
+    """An intermediate write of a step, stored against a checkpoint (LangGraph's put_writes)."""
+
+    task_id: str
+    idx: int
+    channel: str
+    value: bytes
+    task_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +266,14 @@ class GcReport:
     list_items: int = 0
     lists: int = 0
     bytes: int = 0
+
+    def __add__(self, other: GcReport) -> GcReport:
+        return GcReport(
+            self.blobs + other.blobs,
+            self.list_items + other.list_items,
+            self.lists + other.lists,
+            self.bytes + other.bytes,
+        )
 
 
 @dataclass(slots=True)
@@ -347,6 +389,82 @@ class CheckpointRepository(abc.ABC):
     def set_default_branch(self, thread_id: str, name: str) -> ThreadRow:
         """Make an existing branch the thread's default. Raises NotFound."""
 
+    # ------------------------------------------------------------ sessions
+
+    @abc.abstractmethod
+    def create_session(
+        self, session_id: str, *, created_at: int, metadata: bytes, owner: str | None, policy: bytes | None
+    ) -> SessionRow:
+        """Raises AlreadyExists."""
+
+    @abc.abstractmethod
+    def get_session(self, session_id: str) -> SessionRow:
+        """Raises NotFound."""
+
+    @abc.abstractmethod
+    def list_sessions(
+        self, *, after: str | None = None, limit: int = 100, status: str | None = None
+    ) -> list[SessionRow]:
+        """Sessions ordered by id ascending, strictly after ``after``."""
+
+    @abc.abstractmethod
+    def update_session(
+        self,
+        session_id: str,
+        *,
+        metadata: bytes | None = None,
+        status: str | None = None,
+        policy: bytes | Any | None = UNSET,
+    ) -> SessionRow:
+        """Change a session's metadata, status or policy. Raises NotFound."""
+
+    @abc.abstractmethod
+    def delete_session(self, session_id: str) -> GcReport:
+        """Delete a session with all its threads and sync points, in one transaction.
+        Raises NotFound."""
+
+    @abc.abstractmethod
+    def set_thread_session(self, thread_id: str, session_id: str | None) -> ThreadRow:
+        """Move a thread into a session (or out of any, with None).
+
+        Raises NotFound (thread or session).
+        """
+
+    @abc.abstractmethod
+    def set_thread_policy(self, thread_id: str, policy: bytes | None) -> ThreadRow:
+        """Set or clear a thread's own policy fields. Raises NotFound."""
+
+    # ------------------------------------------------------------ sync points
+
+    @abc.abstractmethod
+    def list_sync_points(self, session_id: str) -> list[SyncPointRow]:
+        """A session's sync points, oldest first. Raises NotFound (session)."""
+
+    @abc.abstractmethod
+    def get_sync_point(self, session_id: str, label: str) -> SyncPointRow:
+        """Raises NotFound."""
+
+    @abc.abstractmethod
+    def delete_sync_point(self, session_id: str, label: str) -> None:
+        """Raises NotFound."""
+
+    # ------------------------------------------------------------ pending writes
+
+    @abc.abstractmethod
+    def put_writes(
+        self, thread_id: str, checkpoint_id: str, writes: Sequence[PendingWrite], *, upsert: bool = False
+    ) -> None:
+        """Store intermediate writes against a checkpoint, atomically.
+
+        A write with the same (task id, index) as a stored one replaces it when
+        ``upsert``, and is ignored otherwise. Raises NotFound (thread or checkpoint).
+        Deleting a checkpoint deletes its writes; copying a thread copies them.
+        """
+
+    @abc.abstractmethod
+    def get_writes(self, thread_id: str, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
+        """Pending writes per checkpoint, ordered by (task id, index). Raises NotFound (thread)."""
+
     # ------------------------------------------------------------ participants
 
     @abc.abstractmethod
@@ -400,11 +518,28 @@ class CheckpointRepository(abc.ABC):
 
     # ------------------------------------------------------------ checkpoints
 
-    @abc.abstractmethod
     def append_checkpoint(
         self, write: CheckpointWrite, *, expected_head: str | Any | None = UNSET
     ) -> CheckpointRow:
-        """Store one checkpoint and advance its branch head, atomically.
+        """One write of :meth:`append_checkpoints`."""
+        return self.append_checkpoints([(write, expected_head)])[0]
+
+    @abc.abstractmethod
+    def append_checkpoints(
+        self,
+        writes: Sequence[tuple[CheckpointWrite, str | Any | None]],
+        *,
+        sync_point: SyncPointRow | None = None,
+    ) -> list[CheckpointRow]:
+        """Store checkpoints and advance their branch heads, all in one transaction.
+
+        Each write comes with its expected head (``UNSET`` for none). Either
+        every write is stored or none is. With ``sync_point``, a sync point
+        over the stored checkpoints is recorded in the same transaction (its
+        ``members`` are filled in by the backend; ``AlreadyExists`` when the
+        label is taken in the session).
+
+        For each write:
 
         The new checkpoint's parent is the branch head read inside the
         transaction (or ``write.parent_id`` when ``write.create_branch``).
@@ -422,7 +557,7 @@ class CheckpointRepository(abc.ABC):
                 or ``create_branch`` names an existing branch.
             AlreadyExists: the id exists, or the milestone name is taken.
         Returns:
-            The stored row (its manifest reflects any list fork the backend made).
+            The stored rows, in order (manifests reflect any list fork the backend made).
         """
 
     @abc.abstractmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import secrets
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,8 +39,11 @@ from threadline.storage.base import (
     ListInfo,
     ListRef,
     NewBlob,
+    PendingWrite,
     RowQuery,
+    SessionRow,
     StatsRow,
+    SyncPointRow,
     ThreadRow,
     branch_deletion,
     encode_manifest,
@@ -73,6 +76,7 @@ class _Thread:
     branches: dict[str, BranchRow] = field(default_factory=dict)
     blobs: set[bytes] = field(default_factory=set)
     participants: dict[str, str] = field(default_factory=dict)
+    writes: dict[str, dict[tuple[str, int], PendingWrite]] = field(default_factory=dict)
 
 
 class MemoryRepository(CheckpointRepository):
@@ -86,6 +90,8 @@ class MemoryRepository(CheckpointRepository):
         self._threads_of: dict[str, set[str]] = {}  # checkpoint id -> threads holding it
         self._blobs: dict[bytes, bytes] = {}
         self._lists: dict[int, _List] = {}
+        self._sessions: dict[str, SessionRow] = {}
+        self._sync_points: dict[str, dict[str, SyncPointRow]] = {}
         self._closed = False
 
     def close(self) -> None:
@@ -148,12 +154,14 @@ class MemoryRepository(CheckpointRepository):
 
     def delete_thread(self, thread_id: str) -> GcReport:
         with self._lock:
-            thread = self._thread(thread_id)
-            for cid in thread.ids:
-                self._forget(thread_id, cid)
-            thread.ids.clear()
-            del self._threads[thread_id]
-            return self._gc_thread(thread)
+            return self._drop_thread(self._thread(thread_id))
+
+    def _drop_thread(self, thread: _Thread) -> GcReport:
+        for cid in thread.ids:
+            self._forget(thread.row.id, cid)
+        thread.ids.clear()
+        del self._threads[thread.row.id]
+        return self._gc_thread(thread)
 
     # ------------------------------------------------------------ branches
 
@@ -219,6 +227,7 @@ class MemoryRepository(CheckpointRepository):
                 self._checkpoints[(thread_id, cid)] = replace(rows[cid], branch=target)
             for cid in doomed:
                 self._forget(thread_id, cid)
+                thread.writes.pop(cid, None)
             thread.ids = [c for c in thread.ids if c not in doomed]
             del thread.branches[name]
             return self._gc_thread(thread)
@@ -230,6 +239,124 @@ class MemoryRepository(CheckpointRepository):
                 raise NotFound(f"branch {name!r} does not exist in thread {thread_id!r}")
             thread.row = replace(thread.row, default_branch=name)
             return thread.row
+
+    # ------------------------------------------------------------ sessions
+
+    def _session(self, session_id: str) -> SessionRow:
+        row = self._sessions.get(session_id)
+        if row is None:
+            raise NotFound(f"session {session_id!r} does not exist")
+        return row
+
+    def create_session(
+        self, session_id: str, *, created_at: int, metadata: bytes, owner: str | None, policy: bytes | None
+    ) -> SessionRow:
+        with self._lock:
+            if session_id in self._sessions:
+                raise AlreadyExists(f"session {session_id!r} already exists")
+            row = SessionRow(session_id, created_at, metadata, owner, "active", policy)
+            self._sessions[session_id] = row
+            return row
+
+    def get_session(self, session_id: str) -> SessionRow:
+        with self._lock:
+            return self._session(session_id)
+
+    def list_sessions(
+        self, *, after: str | None = None, limit: int = 100, status: str | None = None
+    ) -> list[SessionRow]:
+        with self._lock:
+            rows = sorted(
+                (
+                    r
+                    for r in self._sessions.values()
+                    if r.id > (after or "") and (status is None or r.status == status)
+                ),
+                key=lambda r: r.id,
+            )
+            return rows[:limit]
+
+    def update_session(
+        self,
+        session_id: str,
+        *,
+        metadata: bytes | None = None,
+        status: str | None = None,
+        policy: bytes | Any | None = UNSET,
+    ) -> SessionRow:
+        with self._lock:
+            row = self._session(session_id)
+            if metadata is not None:
+                row = replace(row, metadata=metadata)
+            if status is not None:
+                row = replace(row, status=status)
+            if policy is not UNSET:
+                row = replace(row, policy=policy)
+            self._sessions[session_id] = row
+            return row
+
+    def delete_session(self, session_id: str) -> GcReport:
+        with self._lock:
+            self._session(session_id)
+            total = GcReport()
+            for thread in [t for t in self._threads.values() if t.row.session_id == session_id]:
+                total = total + self._drop_thread(thread)
+            self._sync_points.pop(session_id, None)
+            del self._sessions[session_id]
+            return total
+
+    def set_thread_session(self, thread_id: str, session_id: str | None) -> ThreadRow:
+        with self._lock:
+            thread = self._thread(thread_id)
+            if session_id is not None:
+                self._session(session_id)
+            thread.row = replace(thread.row, session_id=session_id)
+            return thread.row
+
+    def set_thread_policy(self, thread_id: str, policy: bytes | None) -> ThreadRow:
+        with self._lock:
+            thread = self._thread(thread_id)
+            thread.row = replace(thread.row, policy=policy)
+            return thread.row
+
+    # ------------------------------------------------------------ sync points
+
+    def list_sync_points(self, session_id: str) -> list[SyncPointRow]:
+        with self._lock:
+            self._session(session_id)
+            points = self._sync_points.get(session_id, {}).values()
+            return sorted(points, key=lambda p: (p.created_at, p.label))
+
+    def get_sync_point(self, session_id: str, label: str) -> SyncPointRow:
+        with self._lock:
+            point = self._sync_points.get(session_id, {}).get(label)
+            if point is None:
+                raise NotFound(f"sync point {label!r} does not exist in session {session_id!r}")
+            return point
+
+    def delete_sync_point(self, session_id: str, label: str) -> None:
+        with self._lock:
+            if self._sync_points.get(session_id, {}).pop(label, None) is None:
+                raise NotFound(f"sync point {label!r} does not exist in session {session_id!r}")
+
+    # ------------------------------------------------------------ pending writes
+
+    def put_writes(
+        self, thread_id: str, checkpoint_id: str, writes: Sequence[PendingWrite], *, upsert: bool = False
+    ) -> None:
+        with self._lock:
+            thread = self._thread(thread_id)
+            if (thread_id, checkpoint_id) not in self._checkpoints:
+                raise NotFound(f"checkpoint {checkpoint_id} does not exist in thread {thread_id!r}")
+            stored = thread.writes.setdefault(checkpoint_id, {})
+            for w in writes:
+                if upsert or (w.task_id, w.idx) not in stored:
+                    stored[(w.task_id, w.idx)] = w
+
+    def get_writes(self, thread_id: str, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
+        with self._lock:
+            thread = self._thread(thread_id)
+            return {cid: [w for _, w in sorted(thread.writes.get(cid, {}).items())] for cid in checkpoint_ids}
 
     # ------------------------------------------------------------ participants
 
@@ -330,6 +457,7 @@ class MemoryRepository(CheckpointRepository):
             }
             dst.blobs = set(src.blobs)
             dst.participants = dict(src.participants)
+            dst.writes = {mapped(cid) or cid: dict(ws) for cid, ws in src.writes.items()}
             for row in rows:
                 new_id = mapped(row.id)
                 assert new_id is not None
@@ -393,142 +521,189 @@ class MemoryRepository(CheckpointRepository):
 
     # ------------------------------------------------------------ checkpoints
 
-    def append_checkpoint(
-        self, write: CheckpointWrite, *, expected_head: str | Any | None = UNSET
-    ) -> CheckpointRow:
+    def append_checkpoints(
+        self,
+        writes: Sequence[tuple[CheckpointWrite, str | Any | None]],
+        *,
+        sync_point: SyncPointRow | None = None,
+    ) -> list[CheckpointRow]:
         with self._lock:
-            thread = self._thread(write.thread_id)
-            branch = thread.branches.get(write.branch)
-            if write.create_branch:
-                if branch is not None:
-                    raise Conflict(f"branch {write.branch!r} already exists in thread {write.thread_id!r}")
-                parent = write.parent_id
-                if parent is not None and (write.thread_id, parent) not in self._checkpoints:
-                    raise NotFound(f"checkpoint {parent} does not exist in thread {write.thread_id!r}")
-                head = None
-            else:
-                if branch is None:
-                    raise NotFound(f"branch {write.branch!r} does not exist in thread {write.thread_id!r}")
-                head = parent = branch.head
-            if expected_head is not UNSET and expected_head != head:
-                raise Conflict(
-                    f"branch {write.branch!r} of thread {write.thread_id!r} moved: expected head "
-                    f"{expected_head}, found {head}; nothing was stored",
-                    expected=expected_head,
-                    actual=head,
-                )
-            new_id = write.id
-            if write.generated_id and parent is not None and new_id <= parent:
-                new_id = new_checkpoint_id(after=parent)
-            if (write.thread_id, new_id) in self._checkpoints:
-                raise AlreadyExists(f"checkpoint {new_id} already exists in thread {write.thread_id!r}")
-            if (
-                write.restored_from is not None
-                and (write.thread_id, write.restored_from) not in self._checkpoints
-            ):
-                raise NotFound(
-                    f"checkpoint {write.restored_from} does not exist in thread {write.thread_id!r}"
-                )
-            if write.milestone is not None and any(
-                self._checkpoints[(write.thread_id, c)].milestone == write.milestone for c in thread.ids
-            ):
-                raise AlreadyExists(
-                    f"milestone {write.milestone!r} already exists in thread {write.thread_id!r}"
-                )
-
-            # Plan every change first; apply only when nothing can fail any more.
-            new_lists: dict[int, _List] = {}
-            appends: list[tuple[_List, list[tuple[int, bytes]]]] = []
-            renames: dict[int, int] = {}
-            stored = 0
-            for la in write.lists:
-                items = list(zip(la.crcs, la.items, strict=True))
-                stored += sum(len(d) for d in la.items)
-                if la.base is not None:
-                    lst = self._derived(write.thread_id, *la.base)
-                    new_lists[la.list_id] = lst
-                    lst.items.extend(items)
-                    continue
-                existing = self._lists.get(la.list_id)
-                if existing is None:
-                    if la.start != 0:
-                        raise StaleReference(f"list {la.list_id} does not exist")
-                    new_lists[la.list_id] = _List(write.thread_id, None, 0, 0, items)
-                    continue
-                if existing.length < la.start:
-                    raise StaleReference(
-                        f"list {la.list_id} has {existing.length} items, fewer than {la.start}"
+            if sync_point is not None:
+                self._session(sync_point.session_id)
+                if sync_point.label in self._sync_points.get(sync_point.session_id, {}):
+                    raise AlreadyExists(
+                        f"sync point {sync_point.label!r} already exists in session {sync_point.session_id!r}"
                     )
-                if existing.sealed or existing.length != la.start or existing.owner != write.thread_id:
-                    fork_id = self._new_list_id(set(new_lists))
-                    lst = self._derived(write.thread_id, la.list_id, la.start)
-                    lst.items.extend(items)
-                    new_lists[fork_id] = lst
-                    renames[la.list_id] = fork_id
-                else:
-                    appends.append((existing, items))
-            carried = {la.list_id for la in write.lists}
-            manifest = rewrite_list_ids(write.manifest, renames)
-            for key, ref in list(manifest.items()):
-                if not isinstance(ref, ListRef) or ref.list_id in carried or ref.list_id in renames.values():
-                    continue
-                lst_ref = self._lists.get(ref.list_id)
-                if lst_ref is None or lst_ref.length < ref.length:
-                    raise StaleReference(f"list {ref.list_id} with {ref.length} items does not exist")
-                if lst_ref.owner != write.thread_id:
-                    derived_id = self._new_list_id(set(new_lists))
-                    new_lists[derived_id] = self._derived(write.thread_id, ref.list_id, ref.length)
-                    manifest[key] = ListRef(derived_id, ref.length)
-            blob_refs, _ = manifest_refs(manifest)
-            carried_blobs = {b.hash: b.data for b in write.blobs}
-            for digest in blob_refs:
-                if digest not in carried_blobs and digest not in self._blobs:
-                    raise StaleReference(f"blob {digest.hex()} does not exist")
-            manifest_bytes = encode_manifest(manifest)
-            for digest, data in carried_blobs.items():
-                if digest not in self._blobs:
-                    stored += len(data)
-            stored += len(manifest_bytes) + len(write.header)
-            row = CheckpointRow(
-                id=new_id,
-                thread_id=write.thread_id,
-                branch=write.branch,
-                parent_id=parent,
-                merge_parent_id=write.merge_parent_id,
-                kind=write.kind,
-                status=CheckpointStatus.ACTIVE,
-                created_at=write.created_at,
-                expires_at=write.expires_at,
-                restore_count=0,
-                logical_size=write.logical_size,
-                stored_size=stored,
-                header=write.header,
-                manifest=manifest,
-                milestone=write.milestone,
+            rows: list[CheckpointRow] = []
+            undos: list[Callable[[], None]] = []
+            try:
+                for write, expected in writes:
+                    row, undo = self._append_one(write, expected)
+                    rows.append(row)
+                    undos.append(undo)
+            except BaseException:
+                for undo in reversed(undos):
+                    undo()
+                raise
+            if sync_point is not None:
+                members = tuple((r.thread_id, r.id) for r in rows)
+                self._sync_points.setdefault(sync_point.session_id, {})[sync_point.label] = replace(
+                    sync_point, members=members
+                )
+            return rows
+
+    def _append_one(
+        self, write: CheckpointWrite, expected_head: str | Any | None
+    ) -> tuple[CheckpointRow, Callable[[], None]]:
+        thread = self._thread(write.thread_id)
+        branch = thread.branches.get(write.branch)
+        if write.create_branch:
+            if branch is not None:
+                raise Conflict(f"branch {write.branch!r} already exists in thread {write.thread_id!r}")
+            parent = write.parent_id
+            if parent is not None and (write.thread_id, parent) not in self._checkpoints:
+                raise NotFound(f"checkpoint {parent} does not exist in thread {write.thread_id!r}")
+            head = None
+        else:
+            if branch is None:
+                raise NotFound(f"branch {write.branch!r} does not exist in thread {write.thread_id!r}")
+            head = parent = branch.head
+        if expected_head is not UNSET and expected_head != head:
+            raise Conflict(
+                f"branch {write.branch!r} of thread {write.thread_id!r} moved: expected head "
+                f"{expected_head}, found {head}; nothing was stored",
+                expected=expected_head,
+                actual=head,
             )
-            # Apply.
-            for digest, data in carried_blobs.items():
-                self._blobs.setdefault(digest, data)
-            thread.blobs |= blob_refs
-            self._lists.update(new_lists)
-            for lst, items in appends:
+        new_id = write.id
+        if write.generated_id and parent is not None and new_id <= parent:
+            new_id = new_checkpoint_id(after=parent)
+        if (write.thread_id, new_id) in self._checkpoints:
+            raise AlreadyExists(f"checkpoint {new_id} already exists in thread {write.thread_id!r}")
+        if (
+            write.restored_from is not None
+            and (write.thread_id, write.restored_from) not in self._checkpoints
+        ):
+            raise NotFound(f"checkpoint {write.restored_from} does not exist in thread {write.thread_id!r}")
+        if write.milestone is not None and any(
+            self._checkpoints[(write.thread_id, c)].milestone == write.milestone for c in thread.ids
+        ):
+            raise AlreadyExists(f"milestone {write.milestone!r} already exists in thread {write.thread_id!r}")
+
+        # Plan every change first; apply only when nothing can fail any more.
+        new_lists: dict[int, _List] = {}
+        appends: list[tuple[_List, list[tuple[int, bytes]]]] = []
+        renames: dict[int, int] = {}
+        stored = 0
+        for la in write.lists:
+            items = list(zip(la.crcs, la.items, strict=True))
+            stored += sum(len(d) for d in la.items)
+            if la.base is not None:
+                lst = self._derived(write.thread_id, *la.base)
+                new_lists[la.list_id] = lst
                 lst.items.extend(items)
-            self._checkpoints[(write.thread_id, new_id)] = row
-            self._threads_of.setdefault(new_id, set()).add(write.thread_id)
-            bisect.insort(thread.ids, new_id)
-            if write.restored_from is not None:
-                old = self._checkpoints[(write.thread_id, write.restored_from)]
-                self._checkpoints[(write.thread_id, old.id)] = replace(
-                    old, restore_count=old.restore_count + 1
-                )
-            if write.create_branch:
-                thread.branches[write.branch] = BranchRow(
-                    write.thread_id, write.branch, new_id, write.created_at, write.parent_id
-                )
+                continue
+            existing = self._lists.get(la.list_id)
+            if existing is None:
+                if la.start != 0:
+                    raise StaleReference(f"list {la.list_id} does not exist")
+                new_lists[la.list_id] = _List(write.thread_id, None, 0, 0, items)
+                continue
+            if existing.length < la.start:
+                raise StaleReference(f"list {la.list_id} has {existing.length} items, fewer than {la.start}")
+            if existing.sealed or existing.length != la.start or existing.owner != write.thread_id:
+                fork_id = self._new_list_id(set(new_lists))
+                lst = self._derived(write.thread_id, la.list_id, la.start)
+                lst.items.extend(items)
+                new_lists[fork_id] = lst
+                renames[la.list_id] = fork_id
             else:
-                assert branch is not None
-                thread.branches[write.branch] = replace(branch, head=new_id)
-            return row
+                appends.append((existing, items))
+        carried = {la.list_id for la in write.lists}
+        manifest = rewrite_list_ids(write.manifest, renames)
+        for key, ref in list(manifest.items()):
+            if not isinstance(ref, ListRef) or ref.list_id in carried or ref.list_id in renames.values():
+                continue
+            lst_ref = self._lists.get(ref.list_id)
+            if lst_ref is None or lst_ref.length < ref.length:
+                raise StaleReference(f"list {ref.list_id} with {ref.length} items does not exist")
+            if lst_ref.owner != write.thread_id:
+                derived_id = self._new_list_id(set(new_lists))
+                new_lists[derived_id] = self._derived(write.thread_id, ref.list_id, ref.length)
+                manifest[key] = ListRef(derived_id, ref.length)
+        blob_refs, _ = manifest_refs(manifest)
+        carried_blobs = {b.hash: b.data for b in write.blobs}
+        for digest in blob_refs:
+            if digest not in carried_blobs and digest not in self._blobs:
+                raise StaleReference(f"blob {digest.hex()} does not exist")
+        manifest_bytes = encode_manifest(manifest)
+        for digest, data in carried_blobs.items():
+            if digest not in self._blobs:
+                stored += len(data)
+        stored += len(manifest_bytes) + len(write.header)
+        row = CheckpointRow(
+            id=new_id,
+            thread_id=write.thread_id,
+            branch=write.branch,
+            parent_id=parent,
+            merge_parent_id=write.merge_parent_id,
+            kind=write.kind,
+            status=CheckpointStatus.ACTIVE,
+            created_at=write.created_at,
+            expires_at=write.expires_at,
+            restore_count=0,
+            logical_size=write.logical_size,
+            stored_size=stored,
+            header=write.header,
+            manifest=manifest,
+            milestone=write.milestone,
+        )
+        # Apply, recording how to undo it (a later write of the same batch may fail).
+        added_blobs = [d for d in carried_blobs if d not in self._blobs]
+        old_thread_blobs = set(thread.blobs)
+        lengths = [(lst, len(lst.items)) for lst, _ in appends]
+        old_branch = thread.branches.get(write.branch)
+        restored_key = (write.thread_id, write.restored_from) if write.restored_from else None
+        old_restored = self._checkpoints.get(restored_key) if restored_key else None
+
+        def undo() -> None:
+            for digest in added_blobs:
+                self._blobs.pop(digest, None)
+            thread.blobs = old_thread_blobs
+            for list_id in new_lists:
+                self._lists.pop(list_id, None)
+            for lst, length in lengths:
+                del lst.items[length:]
+            self._forget(write.thread_id, new_id)
+            thread.ids.remove(new_id)
+            if restored_key and old_restored:
+                self._checkpoints[restored_key] = old_restored
+            if old_branch is None:
+                thread.branches.pop(write.branch, None)
+            else:
+                thread.branches[write.branch] = old_branch
+
+        for digest, data in carried_blobs.items():
+            self._blobs.setdefault(digest, data)
+        thread.blobs |= blob_refs
+        self._lists.update(new_lists)
+        for lst, items in appends:
+            lst.items.extend(items)
+        self._checkpoints[(write.thread_id, new_id)] = row
+        self._threads_of.setdefault(new_id, set()).add(write.thread_id)
+        bisect.insort(thread.ids, new_id)
+        if restored_key and old_restored:
+            self._checkpoints[restored_key] = replace(
+                old_restored, restore_count=old_restored.restore_count + 1
+            )
+        if write.create_branch:
+            thread.branches[write.branch] = BranchRow(
+                write.thread_id, write.branch, new_id, write.created_at, write.parent_id
+            )
+        else:
+            assert branch is not None
+            thread.branches[write.branch] = replace(branch, head=new_id)
+        return row, undo
 
     def _forget(self, thread_id: str, checkpoint_id: str) -> None:
         del self._checkpoints[(thread_id, checkpoint_id)]
@@ -646,6 +821,7 @@ class MemoryRepository(CheckpointRepository):
                     )
             for cid in deleted:
                 self._forget(thread_id, cid)
+                thread.writes.pop(cid, None)
             thread.ids = [c for c in thread.ids if c not in deleted]
             return self._gc_thread(thread)
 

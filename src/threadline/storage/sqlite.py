@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import ormsgpack
+
 from threadline.errors import (
     AlreadyExists,
     Conflict,
@@ -56,8 +58,11 @@ from threadline.storage.base import (
     ListInfo,
     ListRef,
     NewBlob,
+    PendingWrite,
     RowQuery,
+    SessionRow,
     StatsRow,
+    SyncPointRow,
     ThreadRow,
     branch_deletion,
     decode_manifest,
@@ -157,6 +162,38 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 principal TEXT NOT NULL,
                 role TEXT NOT NULL,
                 PRIMARY KEY (tkey, principal)
+            ) WITHOUT ROWID""",
+        ],
+    ),
+    (
+        3,
+        [
+            "ALTER TABLE threads ADD COLUMN policy BLOB",
+            """CREATE TABLE sessions (
+                id TEXT PRIMARY KEY,
+                created_at INTEGER NOT NULL,
+                metadata BLOB NOT NULL,
+                owner TEXT,
+                status TEXT NOT NULL DEFAULT 'active',
+                policy BLOB
+            ) WITHOUT ROWID""",
+            """CREATE TABLE sync_points (
+                session_id TEXT NOT NULL,
+                label TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                members BLOB NOT NULL,
+                metadata BLOB NOT NULL DEFAULT x'',
+                PRIMARY KEY (session_id, label)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE pending_writes (
+                tkey INTEGER NOT NULL,
+                checkpoint BLOB NOT NULL,
+                task_id TEXT NOT NULL,
+                idx INTEGER NOT NULL,
+                channel TEXT NOT NULL,
+                value BLOB NOT NULL,
+                task_path TEXT NOT NULL DEFAULT '',
+                PRIMARY KEY (tkey, checkpoint, task_id, idx)
             ) WITHOUT ROWID""",
         ],
     ),
@@ -380,9 +417,10 @@ class SQLiteRepository(CheckpointRepository):
             metadata=bytes(row[3]),
             default_branch=row[4],
             origin=bytes(row[5]) if row[5] is not None else None,
+            policy=bytes(row[6]) if row[6] is not None else None,
         )
 
-    _THREAD_COLS = "id, created_at, session_id, metadata, default_branch, origin"
+    _THREAD_COLS = "id, created_at, session_id, metadata, default_branch, origin, policy"
     _CP_COLS = (
         "c.id, t.id, b.name, c.parent, c.merge_parent, c.kind, c.status, c.created_at, c.expires_at, "
         "c.restore_count, c.logical_size, c.stored_size, c.header, c.manifest, c.milestone"
@@ -580,15 +618,7 @@ class SQLiteRepository(CheckpointRepository):
         return self._write(op)
 
     def delete_thread(self, thread_id: str) -> GcReport:
-        def op(c: sqlite3.Connection) -> GcReport:
-            tkey = self._tkey(c, thread_id)
-            c.execute("DELETE FROM checkpoints WHERE tkey = ?", (tkey,))
-            c.execute("DELETE FROM branches WHERE tkey = ?", (tkey,))
-            c.execute("DELETE FROM participants WHERE tkey = ?", (tkey,))
-            c.execute("DELETE FROM threads WHERE tkey = ?", (tkey,))
-            return self._gc_thread(c, tkey)
-
-        return self._write(op)
+        return self._write(lambda c: self._drop_thread(c, self._tkey(c, thread_id)))
 
     # ------------------------------------------------------------ branches
 
@@ -705,10 +735,9 @@ class SQLiteRepository(CheckpointRepository):
                     "UPDATE checkpoints SET bkey = ? WHERE tkey = ? AND id = ?",
                     (branches[target][0], tkey, checkpoint_id_bytes(cid)),
                 )
-            c.executemany(
-                "DELETE FROM checkpoints WHERE tkey = ? AND id = ?",
-                [(tkey, checkpoint_id_bytes(x)) for x in doomed],
-            )
+            gone = [(tkey, checkpoint_id_bytes(x)) for x in doomed]
+            c.executemany("DELETE FROM checkpoints WHERE tkey = ? AND id = ?", gone)
+            c.executemany("DELETE FROM pending_writes WHERE tkey = ? AND checkpoint = ?", gone)
             c.execute("DELETE FROM branches WHERE bkey = ?", (branches[name][0],))
             return self._gc_thread(c, tkey)
 
@@ -724,6 +753,194 @@ class SQLiteRepository(CheckpointRepository):
             return self._thread_row(row)
 
         return self._write(op)
+
+    # ------------------------------------------------------------ sessions
+
+    _SESSION_COLS = "id, created_at, metadata, owner, status, policy"
+
+    @staticmethod
+    def _session_row(row: Sequence[Any]) -> SessionRow:
+        return SessionRow(
+            id=row[0],
+            created_at=row[1],
+            metadata=bytes(row[2]),
+            owner=row[3],
+            status=row[4],
+            policy=bytes(row[5]) if row[5] is not None else None,
+        )
+
+    def _session(self, c: sqlite3.Connection, session_id: str) -> SessionRow:
+        row = c.execute(f"SELECT {self._SESSION_COLS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"session {session_id!r} does not exist")
+        return self._session_row(row)
+
+    def create_session(
+        self, session_id: str, *, created_at: int, metadata: bytes, owner: str | None, policy: bytes | None
+    ) -> SessionRow:
+        def op(c: sqlite3.Connection) -> SessionRow:
+            try:
+                c.execute(
+                    "INSERT INTO sessions (id, created_at, metadata, owner, status, policy) "
+                    "VALUES (?, ?, ?, ?, 'active', ?)",
+                    (session_id, created_at, metadata, owner, policy),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"session {session_id!r} already exists") from None
+            return SessionRow(session_id, created_at, metadata, owner, "active", policy)
+
+        return self._write(op)
+
+    def get_session(self, session_id: str) -> SessionRow:
+        return self._read(lambda c: self._session(c, session_id))
+
+    def list_sessions(
+        self, *, after: str | None = None, limit: int = 100, status: str | None = None
+    ) -> list[SessionRow]:
+        sql = f"SELECT {self._SESSION_COLS} FROM sessions WHERE id > ?"
+        args: list[Any] = [after or ""]
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        return self._read(lambda c: [self._session_row(r) for r in c.execute(sql, args)])
+
+    def update_session(
+        self,
+        session_id: str,
+        *,
+        metadata: bytes | None = None,
+        status: str | None = None,
+        policy: bytes | Any | None = UNSET,
+    ) -> SessionRow:
+        def op(c: sqlite3.Connection) -> SessionRow:
+            self._session(c, session_id)
+            if metadata is not None:
+                c.execute("UPDATE sessions SET metadata = ? WHERE id = ?", (metadata, session_id))
+            if status is not None:
+                c.execute("UPDATE sessions SET status = ? WHERE id = ?", (status, session_id))
+            if policy is not UNSET:
+                c.execute("UPDATE sessions SET policy = ? WHERE id = ?", (policy, session_id))
+            return self._session(c, session_id)
+
+        return self._write(op)
+
+    def _drop_thread(self, c: sqlite3.Connection, tkey: int) -> GcReport:
+        for table in ("checkpoints", "branches", "participants", "pending_writes"):
+            c.execute(f"DELETE FROM {table} WHERE tkey = ?", (tkey,))
+        c.execute("DELETE FROM threads WHERE tkey = ?", (tkey,))
+        return self._gc_thread(c, tkey)
+
+    def delete_session(self, session_id: str) -> GcReport:
+        def op(c: sqlite3.Connection) -> GcReport:
+            self._session(c, session_id)
+            total = GcReport()
+            for (tkey,) in c.execute(
+                "SELECT tkey FROM threads WHERE session_id = ?", (session_id,)
+            ).fetchall():
+                total = total + self._drop_thread(c, tkey)
+            c.execute("DELETE FROM sync_points WHERE session_id = ?", (session_id,))
+            c.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            return total
+
+        return self._write(op)
+
+    def set_thread_session(self, thread_id: str, session_id: str | None) -> ThreadRow:
+        def op(c: sqlite3.Connection) -> ThreadRow:
+            tkey = self._tkey(c, thread_id)
+            if session_id is not None:
+                self._session(c, session_id)
+            c.execute("UPDATE threads SET session_id = ? WHERE tkey = ?", (session_id, tkey))
+            return self._thread_row(
+                c.execute(f"SELECT {self._THREAD_COLS} FROM threads WHERE tkey = ?", (tkey,)).fetchone()
+            )
+
+        return self._write(op)
+
+    def set_thread_policy(self, thread_id: str, policy: bytes | None) -> ThreadRow:
+        def op(c: sqlite3.Connection) -> ThreadRow:
+            tkey = self._tkey(c, thread_id)
+            c.execute("UPDATE threads SET policy = ? WHERE tkey = ?", (policy, tkey))
+            return self._thread_row(
+                c.execute(f"SELECT {self._THREAD_COLS} FROM threads WHERE tkey = ?", (tkey,)).fetchone()
+            )
+
+        return self._write(op)
+
+    # ------------------------------------------------------------ sync points
+
+    @staticmethod
+    def _sync_row(row: Sequence[Any]) -> SyncPointRow:
+        members = tuple((str(t), str(cid)) for t, cid in ormsgpack.unpackb(row[3]))
+        return SyncPointRow(row[0], row[1], row[2], members, bytes(row[4]))
+
+    def list_sync_points(self, session_id: str) -> list[SyncPointRow]:
+        def op(c: sqlite3.Connection) -> list[SyncPointRow]:
+            self._session(c, session_id)
+            rows = c.execute(
+                "SELECT session_id, label, created_at, members, metadata FROM sync_points "
+                "WHERE session_id = ? ORDER BY created_at, label",
+                (session_id,),
+            )
+            return [self._sync_row(r) for r in rows]
+
+        return self._read(op)
+
+    def get_sync_point(self, session_id: str, label: str) -> SyncPointRow:
+        def op(c: sqlite3.Connection) -> SyncPointRow:
+            row = c.execute(
+                "SELECT session_id, label, created_at, members, metadata FROM sync_points "
+                "WHERE session_id = ? AND label = ?",
+                (session_id, label),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"sync point {label!r} does not exist in session {session_id!r}")
+            return self._sync_row(row)
+
+        return self._read(op)
+
+    def delete_sync_point(self, session_id: str, label: str) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            cur = c.execute("DELETE FROM sync_points WHERE session_id = ? AND label = ?", (session_id, label))
+            if not cur.rowcount:
+                raise NotFound(f"sync point {label!r} does not exist in session {session_id!r}")
+
+        self._write(op)
+
+    # ------------------------------------------------------------ pending writes
+
+    def put_writes(
+        self, thread_id: str, checkpoint_id: str, writes: Sequence[PendingWrite], *, upsert: bool = False
+    ) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            tkey = self._tkey(c, thread_id)
+            cid = checkpoint_id_bytes(checkpoint_id)
+            if not c.execute("SELECT 1 FROM checkpoints WHERE tkey = ? AND id = ?", (tkey, cid)).fetchone():
+                raise NotFound(f"checkpoint {checkpoint_id} does not exist in thread {thread_id!r}")
+            verb = "INSERT OR REPLACE" if upsert else "INSERT OR IGNORE"
+            c.executemany(
+                f"{verb} INTO pending_writes (tkey, checkpoint, task_id, idx, channel, value, task_path) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(tkey, cid, w.task_id, w.idx, w.channel, w.value, w.task_path) for w in writes],
+            )
+
+        self._write(op)
+
+    def get_writes(self, thread_id: str, checkpoint_ids: Sequence[str]) -> dict[str, list[PendingWrite]]:
+        def op(c: sqlite3.Connection) -> dict[str, list[PendingWrite]]:
+            tkey = self._tkey(c, thread_id)
+            out: dict[str, list[PendingWrite]] = {cid: [] for cid in checkpoint_ids}
+            for cid in checkpoint_ids:
+                rows = c.execute(
+                    "SELECT task_id, idx, channel, value, task_path FROM pending_writes "
+                    "WHERE tkey = ? AND checkpoint = ? ORDER BY task_id, idx",
+                    (tkey, checkpoint_id_bytes(cid)),
+                )
+                out[cid] = [PendingWrite(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+            return out
+
+        return self._read(op)
 
     # ------------------------------------------------------------ participants
 
@@ -905,6 +1122,15 @@ class SQLiteRepository(CheckpointRepository):
                 "SELECT ?, principal, role FROM participants WHERE tkey = ?",
                 (dst, src),
             )
+            for row in c.execute(
+                "SELECT checkpoint, task_id, idx, channel, value, task_path FROM pending_writes WHERE tkey = ?",
+                (src,),
+            ).fetchall():
+                c.execute(
+                    "INSERT INTO pending_writes (tkey, checkpoint, task_id, idx, channel, value, task_path) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (dst, mapped(row[0]), *row[1:]),
+                )
             row = c.execute(f"SELECT {self._THREAD_COLS} FROM threads WHERE tkey = ?", (dst,)).fetchone()
             return self._thread_row(row)
 
@@ -912,149 +1138,168 @@ class SQLiteRepository(CheckpointRepository):
 
     # ------------------------------------------------------------ checkpoints
 
-    def append_checkpoint(
-        self, write: CheckpointWrite, *, expected_head: str | Any | None = UNSET
+    def _append_one(
+        self, c: sqlite3.Connection, write: CheckpointWrite, expected_head: str | Any | None
     ) -> CheckpointRow:
-        def op(c: sqlite3.Connection) -> CheckpointRow:
-            found = c.execute(
-                "SELECT t.tkey, b.bkey, b.head FROM threads t "
-                "LEFT JOIN branches b ON b.tkey = t.tkey AND b.name = ? WHERE t.id = ?",
-                (write.branch, write.thread_id),
-            ).fetchone()
-            if found is None:
-                raise NotFound(f"thread {write.thread_id!r} does not exist")
-            tkey = found[0]
-            branch = found[1:] if found[1] is not None else None
-            if write.create_branch:
-                if branch is not None:
-                    raise Conflict(f"branch {write.branch!r} already exists in thread {write.thread_id!r}")
-                parent = write.parent_id
-                if parent is not None:
-                    prow = c.execute(
-                        "SELECT 1 FROM checkpoints WHERE tkey = ? AND id = ?",
-                        (tkey, checkpoint_id_bytes(parent)),
-                    ).fetchone()
-                    if prow is None:
-                        raise NotFound(f"checkpoint {parent} does not exist in thread {write.thread_id!r}")
-                cur = c.execute(
-                    "INSERT INTO branches (tkey, name, created_at, base) VALUES (?, ?, ?, ?)",
-                    (tkey, write.branch, write.created_at, checkpoint_id_bytes(parent) if parent else None),
-                )
-                bkey = int(cur.lastrowid or 0)
-                head = None
-            else:
-                if branch is None:
-                    raise NotFound(f"branch {write.branch!r} does not exist in thread {write.thread_id!r}")
-                bkey = int(branch[0])
-                head = checkpoint_id_from_bytes(branch[1]) if branch[1] is not None else None
-                parent = head
-            if expected_head is not UNSET and expected_head != head:
-                raise Conflict(
-                    f"branch {write.branch!r} of thread {write.thread_id!r} moved: expected head "
-                    f"{expected_head}, found {head}; nothing was stored",
-                    expected=expected_head,
-                    actual=head,
-                )
-            stored = 0
-            renames: dict[int, int] = {}
-            for la in write.lists:
-                final, added = self._apply_list(c, tkey, la)
-                stored += added
-                if final != la.list_id:
-                    renames[la.list_id] = final
-            carried = {la.list_id for la in write.lists}
-            manifest = rewrite_list_ids(write.manifest, renames)
-            for key, ref in list(manifest.items()):
-                if (
-                    isinstance(ref, ListRef)
-                    and ref.list_id not in carried
-                    and ref.list_id not in renames.values()
-                ):
-                    manifest[key] = self._check_list_ref(c, tkey, ref)
-            new_blobs = {b.hash for b in write.blobs}
-            for blob in write.blobs:
-                cur = c.execute(
-                    "INSERT OR IGNORE INTO blobs (hash, data) VALUES (?, ?)", (blob.hash, blob.data)
-                )
-                if cur.rowcount:
-                    stored += len(blob.data)
-            blob_refs, _ = manifest_refs(manifest)
-            for digest in blob_refs:
-                cur = c.execute(
-                    "INSERT OR IGNORE INTO thread_blobs (tkey, hash) VALUES (?, ?)", (tkey, digest)
-                )
-                fresh = cur.rowcount and digest not in new_blobs
-                if fresh and c.execute("SELECT 1 FROM blobs WHERE hash = ?", (digest,)).fetchone() is None:
-                    raise StaleReference(f"blob {digest.hex()} does not exist")
-            manifest_bytes = encode_manifest(manifest)
-            stored += len(manifest_bytes) + len(write.header)
-            new_id = write.id
-            if write.generated_id and parent is not None and new_id <= parent:
-                new_id = new_checkpoint_id(after=parent)
-            cid = checkpoint_id_bytes(new_id)
-            if (
-                write.milestone is not None
-                and c.execute(
-                    "SELECT 1 FROM checkpoints WHERE tkey = ? AND milestone = ?", (tkey, write.milestone)
+        found = c.execute(
+            "SELECT t.tkey, b.bkey, b.head FROM threads t "
+            "LEFT JOIN branches b ON b.tkey = t.tkey AND b.name = ? WHERE t.id = ?",
+            (write.branch, write.thread_id),
+        ).fetchone()
+        if found is None:
+            raise NotFound(f"thread {write.thread_id!r} does not exist")
+        tkey = found[0]
+        branch = found[1:] if found[1] is not None else None
+        if write.create_branch:
+            if branch is not None:
+                raise Conflict(f"branch {write.branch!r} already exists in thread {write.thread_id!r}")
+            parent = write.parent_id
+            if parent is not None:
+                prow = c.execute(
+                    "SELECT 1 FROM checkpoints WHERE tkey = ? AND id = ?",
+                    (tkey, checkpoint_id_bytes(parent)),
                 ).fetchone()
-            ):
-                raise AlreadyExists(
-                    f"milestone {write.milestone!r} already exists in thread {write.thread_id!r}"
-                )
-            parent_b = checkpoint_id_bytes(parent) if parent else None
-            merge_b = checkpoint_id_bytes(write.merge_parent_id) if write.merge_parent_id else None
-            try:
-                c.execute(
-                    "INSERT INTO checkpoints (id, tkey, bkey, parent, merge_parent, kind, status, created_at, "
-                    "expires_at, logical_size, stored_size, milestone, header, manifest) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        cid,
-                        tkey,
-                        bkey,
-                        parent_b,
-                        merge_b,
-                        KIND_CODES[write.kind],
-                        write.created_at,
-                        write.expires_at,
-                        write.logical_size,
-                        stored,
-                        write.milestone,
-                        write.header,
-                        manifest_bytes,
-                    ),
-                )
-            except sqlite3.IntegrityError:
-                raise AlreadyExists(
-                    f"checkpoint {new_id} already exists in thread {write.thread_id!r}"
-                ) from None
-            c.execute("UPDATE branches SET head = ? WHERE bkey = ?", (cid, bkey))
-            if write.restored_from is not None:
-                cur = c.execute(
-                    "UPDATE checkpoints SET restore_count = restore_count + 1 WHERE tkey = ? AND id = ?",
-                    (tkey, checkpoint_id_bytes(write.restored_from)),
-                )
-                if not cur.rowcount:
-                    raise NotFound(
-                        f"checkpoint {write.restored_from} does not exist in thread {write.thread_id!r}"
-                    )
-            return CheckpointRow(
-                id=new_id,
-                thread_id=write.thread_id,
-                branch=write.branch,
-                parent_id=parent,
-                merge_parent_id=write.merge_parent_id,
-                kind=write.kind,
-                status=STATUSES_BY_CODE[0],
-                created_at=write.created_at,
-                expires_at=write.expires_at,
-                restore_count=0,
-                logical_size=write.logical_size,
-                stored_size=stored,
-                header=write.header,
-                manifest=manifest,
-                milestone=write.milestone,
+                if prow is None:
+                    raise NotFound(f"checkpoint {parent} does not exist in thread {write.thread_id!r}")
+            cur = c.execute(
+                "INSERT INTO branches (tkey, name, created_at, base) VALUES (?, ?, ?, ?)",
+                (tkey, write.branch, write.created_at, checkpoint_id_bytes(parent) if parent else None),
             )
+            bkey = int(cur.lastrowid or 0)
+            head = None
+        else:
+            if branch is None:
+                raise NotFound(f"branch {write.branch!r} does not exist in thread {write.thread_id!r}")
+            bkey = int(branch[0])
+            head = checkpoint_id_from_bytes(branch[1]) if branch[1] is not None else None
+            parent = head
+        if expected_head is not UNSET and expected_head != head:
+            raise Conflict(
+                f"branch {write.branch!r} of thread {write.thread_id!r} moved: expected head "
+                f"{expected_head}, found {head}; nothing was stored",
+                expected=expected_head,
+                actual=head,
+            )
+        stored = 0
+        renames: dict[int, int] = {}
+        for la in write.lists:
+            final, added = self._apply_list(c, tkey, la)
+            stored += added
+            if final != la.list_id:
+                renames[la.list_id] = final
+        carried = {la.list_id for la in write.lists}
+        manifest = rewrite_list_ids(write.manifest, renames)
+        for key, ref in list(manifest.items()):
+            if (
+                isinstance(ref, ListRef)
+                and ref.list_id not in carried
+                and ref.list_id not in renames.values()
+            ):
+                manifest[key] = self._check_list_ref(c, tkey, ref)
+        new_blobs = {b.hash for b in write.blobs}
+        for blob in write.blobs:
+            cur = c.execute("INSERT OR IGNORE INTO blobs (hash, data) VALUES (?, ?)", (blob.hash, blob.data))
+            if cur.rowcount:
+                stored += len(blob.data)
+        blob_refs, _ = manifest_refs(manifest)
+        for digest in blob_refs:
+            cur = c.execute("INSERT OR IGNORE INTO thread_blobs (tkey, hash) VALUES (?, ?)", (tkey, digest))
+            fresh = cur.rowcount and digest not in new_blobs
+            if fresh and c.execute("SELECT 1 FROM blobs WHERE hash = ?", (digest,)).fetchone() is None:
+                raise StaleReference(f"blob {digest.hex()} does not exist")
+        manifest_bytes = encode_manifest(manifest)
+        stored += len(manifest_bytes) + len(write.header)
+        new_id = write.id
+        if write.generated_id and parent is not None and new_id <= parent:
+            new_id = new_checkpoint_id(after=parent)
+        cid = checkpoint_id_bytes(new_id)
+        if (
+            write.milestone is not None
+            and c.execute(
+                "SELECT 1 FROM checkpoints WHERE tkey = ? AND milestone = ?", (tkey, write.milestone)
+            ).fetchone()
+        ):
+            raise AlreadyExists(f"milestone {write.milestone!r} already exists in thread {write.thread_id!r}")
+        parent_b = checkpoint_id_bytes(parent) if parent else None
+        merge_b = checkpoint_id_bytes(write.merge_parent_id) if write.merge_parent_id else None
+        try:
+            c.execute(
+                "INSERT INTO checkpoints (id, tkey, bkey, parent, merge_parent, kind, status, created_at, "
+                "expires_at, logical_size, stored_size, milestone, header, manifest) "
+                "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    cid,
+                    tkey,
+                    bkey,
+                    parent_b,
+                    merge_b,
+                    KIND_CODES[write.kind],
+                    write.created_at,
+                    write.expires_at,
+                    write.logical_size,
+                    stored,
+                    write.milestone,
+                    write.header,
+                    manifest_bytes,
+                ),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"checkpoint {new_id} already exists in thread {write.thread_id!r}") from None
+        c.execute("UPDATE branches SET head = ? WHERE bkey = ?", (cid, bkey))
+        if write.restored_from is not None:
+            cur = c.execute(
+                "UPDATE checkpoints SET restore_count = restore_count + 1 WHERE tkey = ? AND id = ?",
+                (tkey, checkpoint_id_bytes(write.restored_from)),
+            )
+            if not cur.rowcount:
+                raise NotFound(
+                    f"checkpoint {write.restored_from} does not exist in thread {write.thread_id!r}"
+                )
+        return CheckpointRow(
+            id=new_id,
+            thread_id=write.thread_id,
+            branch=write.branch,
+            parent_id=parent,
+            merge_parent_id=write.merge_parent_id,
+            kind=write.kind,
+            status=STATUSES_BY_CODE[0],
+            created_at=write.created_at,
+            expires_at=write.expires_at,
+            restore_count=0,
+            logical_size=write.logical_size,
+            stored_size=stored,
+            header=write.header,
+            manifest=manifest,
+            milestone=write.milestone,
+        )
+
+    def append_checkpoints(
+        self,
+        writes: Sequence[tuple[CheckpointWrite, str | Any | None]],
+        *,
+        sync_point: SyncPointRow | None = None,
+    ) -> list[CheckpointRow]:
+        def op(c: sqlite3.Connection) -> list[CheckpointRow]:
+            rows = [self._append_one(c, write, expected) for write, expected in writes]
+            if sync_point is not None:
+                members = tuple((r.thread_id, r.id) for r in rows)
+                try:
+                    c.execute(
+                        "INSERT INTO sync_points (session_id, label, created_at, members, metadata) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (
+                            sync_point.session_id,
+                            sync_point.label,
+                            sync_point.created_at,
+                            ormsgpack.packb([list(m) for m in members]),
+                            sync_point.metadata,
+                        ),
+                    )
+                except sqlite3.IntegrityError:
+                    raise AlreadyExists(
+                        f"sync point {sync_point.label!r} already exists in session {sync_point.session_id!r}"
+                    ) from None
+            return rows
 
         return self._write(op)
 
@@ -1237,10 +1482,9 @@ class SQLiteRepository(CheckpointRepository):
                         "UPDATE branches SET head = ? WHERE bkey = ?",
                         (checkpoint_id_bytes(survivor) if survivor else None, bkey),
                     )
-            c.executemany(
-                "DELETE FROM checkpoints WHERE tkey = ? AND id = ?",
-                [(tkey, checkpoint_id_bytes(x)) for x in deleted],
-            )
+            gone = [(tkey, checkpoint_id_bytes(x)) for x in deleted]
+            c.executemany("DELETE FROM checkpoints WHERE tkey = ? AND id = ?", gone)
+            c.executemany("DELETE FROM pending_writes WHERE tkey = ? AND checkpoint = ?", gone)
             return self._gc_thread(c, tkey)
 
         return self._write(op)
