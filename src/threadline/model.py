@@ -128,7 +128,8 @@ class _IdClock:
             self._last_ms, self._seq = ms, seq
         rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
         value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
-        return str(uuid.UUID(int=value))
+        h = f"{value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _id_time(checkpoint_id: str) -> tuple[int, int]:
@@ -153,6 +154,9 @@ def new_id() -> str:
     return _CLOCK.next()
 
 
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+
 def validate_checkpoint_id(value: object) -> str:
     """Return the canonical form of a checkpoint id (any UUID string).
 
@@ -161,6 +165,8 @@ def validate_checkpoint_id(value: object) -> str:
     """
     if not isinstance(value, str):
         raise InvalidInput(f"checkpoint id must be a string, got {type(value).__name__}")
+    if _CANONICAL_ID.match(value):
+        return value
     try:
         return str(uuid.UUID(value))
     except ValueError:
@@ -168,11 +174,14 @@ def validate_checkpoint_id(value: object) -> str:
 
 
 def checkpoint_id_bytes(checkpoint_id: str) -> bytes:
-    return uuid.UUID(checkpoint_id).bytes
+    """The 16 bytes of a canonical checkpoint id."""
+    return bytes.fromhex(checkpoint_id.replace("-", ""))
 
 
 def checkpoint_id_from_bytes(raw: bytes) -> str:
-    return str(uuid.UUID(bytes=raw))
+    """The canonical string of 16 id bytes."""
+    h = bytes(raw).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # ---------------------------------------------------------------- values
