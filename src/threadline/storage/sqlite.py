@@ -204,6 +204,24 @@ _BUSY_DEADLINE_S = 60.0
 PAGE_SIZE = 8192
 
 
+class _Pending:
+    """A write waiting for (or done by) a group commit."""
+
+    __slots__ = ("done", "error", "fn", "lead", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.lead = False
+
+    def value(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
 class SQLiteRepository(CheckpointRepository):
     """The storage contract on one SQLite file (or an existing connection)."""
 
@@ -225,6 +243,9 @@ class SQLiteRepository(CheckpointRepository):
         self._closed = False
         self._shared: sqlite3.Connection | None = None
         self._shared_lock = threading.RLock()
+        self._group_lock = threading.Lock()
+        self._queue: list[_Pending] = []
+        self._leading = False
         self.path: Path | None = None
         if connection is not None:
             self.url = "sqlite://(connection)"
@@ -317,19 +338,69 @@ class SQLiteRepository(CheckpointRepository):
             delay = min(delay * 1.5, 0.002)
 
     def _write(self, fn: Callable[[sqlite3.Connection], R]) -> R:
-        """Run ``fn`` in one write transaction (BEGIN IMMEDIATE ... COMMIT)."""
-        conn = self._conn()
-        lock = self._shared_lock if self._shared is not None else contextlib.nullcontext()
-        with lock, self._translate():
-            self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
-            try:
-                result = fn(conn)
-                self._retry(lambda: conn.execute("COMMIT"))
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
+        """Run ``fn`` in a write transaction (BEGIN IMMEDIATE ... COMMIT).
+
+        Group commit: writes that threads of this process start while another
+        transaction is committing are run together in the next transaction,
+        each inside its own savepoint, so one fsync acknowledges all of them and
+        a failing write rolls back alone. A single writer pays nothing for it.
+        """
+        if self._shared is not None:
+            with self._shared_lock:
+                result: R = self._run_batch([_Pending(fn)], self._shared)[0].value()
+                return result
+        item = _Pending(fn)
+        with self._group_lock:
+            self._queue.append(item)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            item.done.wait()  # set when the write is done, or when this thread must lead
+            if not item.lead:
+                return item.value()  # type: ignore[no-any-return]
+        with self._group_lock:
+            batch, self._queue = self._queue, []
+        self._run_batch(batch, self._conn())
+        with self._group_lock:
+            if self._queue:  # hand over to the oldest waiter; its write is in its own batch
+                successor = self._queue[0]
+                successor.lead = True
+                successor.done.set()
+            else:
+                self._leading = False
+        return item.value()  # type: ignore[no-any-return]
+
+    def _run_batch(self, batch: list[_Pending], conn: sqlite3.Connection) -> list[_Pending]:
+        single = len(batch) == 1
+        try:
+            with self._translate():
+                self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
+                try:
+                    for item in batch:
+                        if single:
+                            item.result = item.fn(conn)
+                            continue
+                        conn.execute("SAVEPOINT w")
+                        try:
+                            with self._translate():
+                                item.result = item.fn(conn)
+                        except BaseException as exc:
+                            conn.execute("ROLLBACK TO w")
+                            item.error = exc
+                        conn.execute("RELEASE w")
+                    self._retry(lambda: conn.execute("COMMIT"))
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        except BaseException as exc:
+            for item in batch:
+                if item.error is None:
+                    item.error = exc
+        for item in batch:
+            if not item.lead:
+                item.done.set()
+        return batch
 
     def _read(self, fn: Callable[[sqlite3.Connection], R]) -> R:
         """Run ``fn`` on one consistent snapshot."""
