@@ -31,17 +31,24 @@ sets are sorted, so equal sets encode equally. Only exact types are accepted: su
 ``str``, ``dict``, ``datetime``... are refused unless registered (enums via
 :meth:`Serializer.register_enum`), never silently downgraded.
 
-Storage framing (:meth:`Serializer.pack`): one flag byte, ``0`` raw payload, ``1`` zstd frame.
+Storage framing (:meth:`Serializer.pack`): one flag byte whose bit 0 means "zstd frame" and
+bit 1 "encrypted". An encrypted frame continues with the key id (2 bytes, big endian), a
+96-bit random nonce and the AES-256-GCM ciphertext with its tag; the flag byte and key id are
+authenticated as associated data. Compression happens before encryption.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import enum
+import hashlib
+import json
+import os
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
@@ -66,6 +73,7 @@ EXT_OBJECT = 12
 
 FLAG_RAW = 0
 FLAG_ZSTD = 1
+FLAG_ENCRYPTED = 2
 
 DEFAULT_MAX_DECOMPRESSED = 256 * 1024 * 1024
 
@@ -272,10 +280,105 @@ def _hint(value: Any) -> str:
 # -- the serializer -----------------------------------------------------------------------------
 
 
+class KeyRing:
+    """Keys for authenticated encryption at rest (AES-256-GCM), with rotation.
+
+    Several keys can decrypt, one (``active``) encrypts new values; every stored value
+    records the id of the key that encrypted it. ``hash_key`` keys the content hashes that
+    address shared values, so equal values deduplicate within a store while their hashes
+    reveal nothing across stores; it is not rotated (changing it changes every address).
+
+    Raises InvalidInput for key ids outside 1..65535, keys that are not 32 bytes, an
+    active id without a key, or a hash key shorter than 16 bytes.
+    """
+
+    def __init__(self, keys: Mapping[int, bytes], active: int, hash_key: bytes) -> None:
+        try:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        except ModuleNotFoundError:  # pragma: no cover - depends on the environment
+            raise InvalidInput(
+                "encryption needs the cryptography package: pip install 'threadline[crypto]'"
+            ) from None
+        for kid, key in keys.items():
+            if not isinstance(kid, int) or not 1 <= kid <= 0xFFFF:
+                raise InvalidInput(f"key id {kid!r} must be an integer between 1 and 65535")
+            if not isinstance(key, bytes) or len(key) != 32:
+                raise InvalidInput(f"key {kid} must be 32 bytes (AES-256), got {len(key)} bytes")
+        if active not in keys:
+            raise InvalidInput(f"active key {active} is not in the key ring (ids: {sorted(keys)})")
+        if not isinstance(hash_key, bytes) or not 16 <= len(hash_key) <= 64:
+            raise InvalidInput("hash_key must be 16 to 64 bytes")
+        self.keys = dict(keys)
+        self.active = active
+        self.hash_key = hash_key
+        self._aead = {kid: AESGCM(key) for kid, key in keys.items()}
+
+    @classmethod
+    def generate(cls) -> KeyRing:
+        """A new key ring with one random key (id 1) and a random hash key."""
+        return cls({1: os.urandom(32)}, 1, os.urandom(32))
+
+    def rotated(self) -> KeyRing:
+        """This key ring plus a new random key, which becomes the active one."""
+        kid = max(self.keys) + 1
+        if kid > 0xFFFF:
+            raise InvalidInput("the key ring has no key ids left")
+        return KeyRing({**self.keys, kid: os.urandom(32)}, kid, self.hash_key)
+
+    def to_json(self) -> str:
+        """The key ring as JSON (keep it secret: it holds the keys)."""
+        return json.dumps(
+            {
+                "active": self.active,
+                "keys": {str(k): base64.b64encode(v).decode() for k, v in sorted(self.keys.items())},
+                "hash_key": base64.b64encode(self.hash_key).decode(),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> KeyRing:
+        """Read a key ring written by :meth:`to_json`. Raises InvalidInput when malformed."""
+        try:
+            data = json.loads(text)
+            keys = {int(k): base64.b64decode(v, validate=True) for k, v in data["keys"].items()}
+            return cls(keys, int(data["active"]), base64.b64decode(data["hash_key"], validate=True))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidInput(f"key ring is malformed: {exc}") from None
+
+    def encrypt(self, flag: int, data: bytes) -> bytes:
+        head = bytes((flag,)) + self.active.to_bytes(2, "big")
+        nonce = os.urandom(12)
+        return head + nonce + self._aead[self.active].encrypt(nonce, data, head)
+
+    def decrypt(self, framed: bytes) -> bytes:
+        if len(framed) < 3 + 12 + 16:
+            raise SerializationError("encrypted frame is truncated")
+        head, kid = framed[:3], int.from_bytes(framed[1:3], "big")
+        aead = self._aead.get(kid)
+        if aead is None:
+            raise SerializationError(
+                f"value is encrypted with key {kid}, which is not in the key ring (ids: {sorted(self.keys)})"
+            )
+        try:
+            return bytes(aead.decrypt(framed[3:15], framed[15:], head))
+        except Exception:  # cryptography raises InvalidTag
+            raise SerializationError(
+                f"value encrypted with key {kid} cannot be decrypted: wrong key or tampered bytes"
+            ) from None
+
+
+def frame_key_id(framed: bytes) -> int | None:
+    """The id of the key that encrypted a stored frame, or None when it is not encrypted."""
+    if len(framed) >= 3 and framed[0] & FLAG_ENCRYPTED:
+        return int.from_bytes(framed[1:3], "big")
+    return None
+
+
 class Serializer:
     """Encode values to msgpack and back, rebuilding only built-in and registered types.
 
-    Thread-safe once registration is done (register everything at start-up).
+    Thread-safe once registration is done (register everything at start-up). With a
+    ``keyring``, every stored frame is encrypted and content hashes are keyed.
     """
 
     def __init__(
@@ -284,6 +387,7 @@ class Serializer:
         compress_threshold: int | None = 2048,
         compress_level: int = 3,
         max_decompressed: int = DEFAULT_MAX_DECOMPRESSED,
+        keyring: KeyRing | None = None,
     ) -> None:
         """Raise InvalidInput for a negative threshold, a zstd level outside -7..22 or a limit < 1."""
         if compress_threshold is not None and compress_threshold < 0:
@@ -295,6 +399,7 @@ class Serializer:
         self.compress_threshold = compress_threshold
         self.compress_level = compress_level
         self.max_decompressed = max_decompressed
+        self.keyring = keyring
         self._by_type: dict[type, _Registration] = {}
         self._by_name: dict[str, _Registration] = {}
         self._local = threading.local()
@@ -403,29 +508,46 @@ class Serializer:
 
     # -- storage framing
 
-    def pack(self, data: bytes) -> bytes:
-        """Frame ``data`` for storage: zstd-compressed when long enough and it saves >= 10%."""
+    def pack(self, data: bytes, *, encrypt: bool = True) -> bytes:
+        """Frame ``data`` for storage: zstd-compressed when long enough and it saves >= 10%,
+        then encrypted with the key ring's active key when there is one (and ``encrypt``)."""
+        flag, payload = FLAG_RAW, data
         threshold = self.compress_threshold
         if threshold is not None and len(data) >= threshold:
             compressed: bytes = self._compressor().compress(data)
             if len(compressed) <= len(data) * _MIN_SAVING:
-                return bytes((FLAG_ZSTD,)) + compressed
-        return bytes((FLAG_RAW,)) + data
+                flag, payload = FLAG_ZSTD, compressed
+        if self.keyring is not None and encrypt:
+            return self.keyring.encrypt(flag | FLAG_ENCRYPTED, payload)
+        return bytes((flag,)) + payload
 
     def unpack(self, framed: bytes) -> bytes:
-        """Return the payload of a frame made by :meth:`pack`.
+        """Return the payload of a frame made by :meth:`pack`, decrypted and decompressed.
 
-        Raises SerializationError for an empty frame, an unknown flag or corrupt zstd data, and
-        LimitExceeded when the payload would decompress beyond ``max_decompressed`` bytes.
+        Raises SerializationError for an empty frame, an unknown flag, corrupt zstd data, an
+        encrypted frame without its key (or with a wrong key, or tampered), and LimitExceeded
+        when the payload would decompress beyond ``max_decompressed`` bytes.
         """
         if not framed:
             raise SerializationError("empty frame: no flag byte")
-        flag, payload = framed[0], framed[1:]
-        if flag == FLAG_RAW:
-            return bytes(payload)
-        if flag == FLAG_ZSTD:
-            return self._decompress(bytes(payload))
-        raise SerializationError(f"unknown frame flag {flag}: written by a newer threadline or corrupt")
+        flag = framed[0]
+        if flag & ~(FLAG_ZSTD | FLAG_ENCRYPTED):
+            raise SerializationError(f"unknown frame flag {flag}: written by a newer threadline or corrupt")
+        if flag & FLAG_ENCRYPTED:
+            if self.keyring is None:
+                raise SerializationError("value is encrypted: open the store with its key ring")
+            payload = self.keyring.decrypt(bytes(framed))
+        else:
+            payload = bytes(framed[1:])
+        if flag & FLAG_ZSTD:
+            return self._decompress(payload)
+        return payload
+
+    def content_hash(self, data: bytes) -> bytes:
+        """The 128-bit address of a serialized value: blake2b, keyed by the key ring's hash
+        key when there is one (so addresses reveal no equality across stores)."""
+        key = self.keyring.hash_key if self.keyring is not None else b""
+        return hashlib.blake2b(data, digest_size=16, key=key).digest()
 
     # -- internals
 
