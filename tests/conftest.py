@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,3 +35,42 @@ def sqlite_counts(path: str | Path) -> dict[str, int]:
         return {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
     finally:
         conn.close()
+
+
+POSTGRES_URL = os.environ.get("THREADLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test server's URL. Skips when no server answers, except in CI (``CI`` set), where it fails."""
+    try:
+        import psycopg
+
+        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+    except Exception as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must test the PostgreSQL backend, but {POSTGRES_URL} is unreachable: {exc}")
+        pytest.skip(f"no PostgreSQL server at {POSTGRES_URL}: {exc}")
+    return POSTGRES_URL
+
+
+def with_schema(url: str, schema: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}schema={schema}"
+
+
+@pytest.fixture
+def postgres_factory(postgres_url: str) -> Iterator[StoreFactory]:
+    """Stores in fresh schemas ``t_<random>`` of the test database, dropped at teardown."""
+    import psycopg
+
+    schemas: list[str] = []
+
+    def make_url(n: int) -> str:
+        schemas.append(f"t_{uuid.uuid4().hex[:16]}")
+        return with_schema(postgres_url, schemas[-1])
+
+    with StoreFactory(make_url) as factory:
+        yield factory
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        for schema in schemas:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -34,10 +34,15 @@ from threadline.model import (
     CheckpointStatus,
     CleanupReport,
     Page,
+    Policy,
+    Session,
+    SessionStatus,
     Stats,
+    SyncPoint,
     Thread,
 )
 from threadline.serde import Serializer
+from threadline.sessions import CleanupResult, SessionCheckpointManager, SessionStats
 from threadline.store import Store, open_store
 
 __version__ = "0.1.0"
@@ -51,6 +56,7 @@ __all__ = [
     "CheckpointKind",
     "CheckpointStatus",
     "CleanupReport",
+    "CleanupResult",
     "Conflict",
     "Expired",
     "IntegrityError",
@@ -59,12 +65,18 @@ __all__ = [
     "NotFound",
     "Page",
     "PermissionDenied",
+    "Policy",
     "SchemaError",
     "SerializationError",
     "Serializer",
+    "Session",
+    "SessionCheckpointManager",
+    "SessionStats",
+    "SessionStatus",
     "Stats",
     "StorageError",
     "Store",
+    "SyncPoint",
     "Thread",
     "ThreadlineError",
     "__version__",

@@ -26,7 +26,7 @@ import hashlib
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -108,8 +108,13 @@ def write_archive(
     *,
     extra: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    session: Mapping[str, Any] | None = None,
 ) -> ArchiveSummary:
     """Write threads to an archive file (written to a temporary name, then renamed).
+
+    ``session`` (written by the session layer) becomes the archive's ``S`` record,
+    after the threads: the session row, its policy, its threads' policies and its
+    sync points.
 
     Raises NotFound (a thread), StorageError, IntegrityError (a stored value is corrupt).
     """
@@ -130,6 +135,9 @@ def write_archive(
                 _write_thread(core, out, thread_id, written, summary)
                 if progress:
                     progress("backup", n + 1, len(ids))
+            if session is not None:
+                out.record(b"S", dict(session))
+                summary.session = dict(session)
             out.finish()
             raw.flush()
             os.fsync(raw.fileno())
@@ -242,6 +250,8 @@ class ArchiveSummary:
     imported: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The ``S`` record of a session backup (see docs/archive.md), else None.
+    session: dict[str, Any] | None = None
 
 
 @dataclass
@@ -449,6 +459,11 @@ def _verify(
                 index.checkpoints.append(offset)
                 index.rows.append((cid, rec.get("p"), rec["k"], rec["c"], rec["l"]))
                 summary.checkpoints += 1
+            elif tag == b"S":
+                if summary.session is not None:
+                    raise ArchiveError("archive holds two session records")
+                _check_session_record(core, rec, threads, seen_checkpoints)
+                summary.session = rec
             else:
                 raise ArchiveError(f"archive has an unknown record type {tag!r}")
             if progress:
@@ -500,6 +515,41 @@ def _check_thread_record(rec: dict[str, Any]) -> None:
     for principal, role in participants.items():
         if not isinstance(principal, str) or role not in ("owner", "editor", "viewer"):
             raise ArchiveError("archive thread has a malformed participant")
+
+
+def _check_session_record(
+    core: CheckpointDomainService,
+    rec: Any,
+    threads: dict[str, _ThreadIndex],
+    checkpoints: set[tuple[str, str]],
+) -> None:
+    """A session record: its fields, and sync points that refer only to archived checkpoints."""
+    validate_id(_field(rec, "id", str, "session"), "archived session id")
+    _field(rec, "created_at", int, "session")
+    _decodes(core, _field(rec, "metadata", bytes, "session"), "session metadata")
+    owner = _field(rec, "owner", str, "session", optional=True)
+    if owner is not None:
+        validate_id(owner, "archived session owner")
+    if _field(rec, "status", str, "session") not in ("active", "closed"):
+        raise ArchiveError("archive session has an unknown status")
+    _field(rec, "policy", bytes, "session", optional=True)
+    for tid, policy in _field(rec, "thread_policies", dict, "session").items():
+        if tid not in threads or not isinstance(policy, bytes):
+            raise ArchiveError("archive session has a policy for a thread the archive does not hold")
+    labels: set[str] = set()
+    for point in _field(rec, "sync_points", list, "session"):
+        if not isinstance(point, list) or len(point) != 4:
+            raise ArchiveError("archive session has a malformed sync point")
+        label, created_at, members, metadata = point
+        validate_name(label, "archived sync point label")
+        if label in labels:
+            raise ArchiveError(f"archive session has sync point {label!r} twice")
+        labels.add(label)
+        if not (isinstance(created_at, int) and isinstance(members, list) and isinstance(metadata, bytes)):
+            raise ArchiveError(f"archive sync point {label!r} is malformed")
+        for member in members:
+            if not isinstance(member, list) or len(member) != 2 or tuple(member) not in checkpoints:
+                raise ArchiveError(f"archive sync point {label!r} refers to a checkpoint outside the archive")
 
 
 def _check_checkpoint_record(rec: dict[str, Any], index: _ThreadIndex, values: dict[bytes, int]) -> None:

@@ -51,6 +51,7 @@ from threadline.model import (
     Thread,
     check_metadata,
     datetime_to_us,
+    iterate_pages,
     new_checkpoint_id,
     new_id,
     now_us,
@@ -95,7 +96,8 @@ def asyncify(fn: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], 
 
 
 def blob_hash(data: bytes) -> bytes:
-    """Content address of a serialized value: blake2b, 128 bits."""
+    """Portable (unkeyed) content address of a serialized value: blake2b, 128 bits.
+    Stores address values with ``Serializer.content_hash``, which is keyed when encrypted."""
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
@@ -606,7 +608,7 @@ class CheckpointDomainService:
             if len(framed) <= self.inline_limit:
                 manifest[key] = InlineRef(framed)
                 continue
-            digest = blob_hash(data)
+            digest = self.serializer.content_hash(data)
             manifest[key] = BlobRef(digest)
             if not (isinstance(old, BlobRef) and old.hash == digest) and not self._caches.has_blob(digest):
                 blobs.append(NewBlob(digest, framed))
@@ -742,6 +744,10 @@ class CheckpointDomainService:
             validate_id(thread_id, "thread id") if thread_id is not None else None,
         )
 
+    def describe(self, row: CheckpointRow) -> Checkpoint:
+        """The fields of a stored row already read (for layers that read rows in bulk)."""
+        return self._checkpoint(row)
+
     def get(self, checkpoint_id: str, thread_id: str | None = None) -> Checkpoint:
         """A checkpoint's fields (not its state).
 
@@ -788,7 +794,7 @@ class CheckpointDomainService:
                             f"checkpoint {row.id}: value of {key!r} is missing (blob {ref.hash.hex()})"
                         )
                     data = self.serializer.unpack(bytes(framed))
-                    if blob_hash(data) != ref.hash:
+                    if self.serializer.content_hash(data) != ref.hash:
                         raise IntegrityError(
                             f"checkpoint {row.id}: value of {key!r} does not match its hash {ref.hash.hex()}"
                         )
@@ -819,13 +825,7 @@ class CheckpointDomainService:
 
     def iter(self, thread_id: str, filter: CheckpointFilter | None = None) -> Iterator[Checkpoint]:
         """Every matching checkpoint, newest first, fetched in pages."""
-        cursor: str | None = None
-        while True:
-            page = self.list(thread_id, filter, limit=200, cursor=cursor)
-            yield from page.items
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        return iterate_pages(lambda cursor: self.list(thread_id, filter, limit=200, cursor=cursor))
 
     def scan(
         self, thread_id: str, filter: CheckpointFilter | None = None, *, limit: int, cursor: str | None = None
@@ -897,6 +897,11 @@ class CheckpointDomainService:
         if len(matches) > 1 and prefix.lower() not in matches:
             raise InvalidInput(f"checkpoint id prefix {prefix!r} is ambiguous: " + ", ".join(matches[:5]))
         return prefix.lower() if prefix.lower() in matches else matches[0]
+
+    def ids_starting_with(self, prefix: str, limit: int = 10) -> builtins.list[str]:
+        """Up to ``limit`` distinct checkpoint ids (all threads) starting with ``prefix``, in order."""
+        check_limit(limit)
+        return self.repository.find_checkpoints(prefix.lower(), limit=limit) if prefix else []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -1056,6 +1061,58 @@ class CheckpointDomainService:
             branches=row.branches,
             milestones=row.milestones,
         )
+
+    # ------------------------------------------------------------ integrity
+
+    def check(self, *, progress: Callable[[str, int, int], None] | None = None) -> builtins.list[str]:
+        """Integrity scan of the whole store; reads only.
+
+        Every checkpoint of every thread is materialized (blobs verified against
+        their hash, list items against their CRC-32, values decoded), and every
+        parent and branch head must exist in its thread. Returns the problems
+        found, one message each (empty: the store is sound). ``progress(phase,
+        done, total)`` is called after each checkpoint.
+        """
+        total = self.repository.stats(None).checkpoints
+        problems: builtins.list[str] = []
+        done = 0
+        for thread in builtins.list(self._all_threads()):
+            ids: set[str] = set()
+            parents: builtins.list[tuple[str, str]] = []
+            cursor: str | None = None
+            while True:
+                try:
+                    rows = self.scan(thread.id, limit=500, cursor=cursor)
+                except NotFound:  # deleted while we were scanning
+                    break
+                for row in rows:
+                    ids.add(row.id)
+                    parents.extend((row.id, p) for p in (row.parent_id, row.merge_parent_id) if p)
+                    try:
+                        self.materialize(row)
+                    except IntegrityError as exc:
+                        problems.append(f"thread {thread.id!r}: {exc}")
+                    done += 1
+                    if progress:
+                        progress("check", done, max(total, done))
+                if len(rows) < 500:
+                    break
+                cursor = rows[-1].id
+            problems.extend(
+                f"thread {thread.id!r}: checkpoint {child} has parent {parent}, which does not exist"
+                for child, parent in parents
+                if parent not in ids
+            )
+            try:
+                branches = self.repository.list_branches(thread.id)
+            except NotFound:
+                continue
+            problems.extend(
+                f"thread {thread.id!r}: branch {b.name!r} points at {b.head}, which does not exist"
+                for b in branches
+                if b.head is not None and b.head not in ids
+            )
+        return problems
 
     # ------------------------------------------------------------ async twins (one implementation)
 

@@ -12,9 +12,9 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from threadline.errors import InvalidInput
@@ -329,6 +329,17 @@ class Page(Generic[T]):
     next_cursor: str | None
 
 
+def iterate_pages(fetch: Callable[[str | None], Page[T]]) -> Iterator[T]:
+    """Every item of a paged listing: ``fetch(cursor)`` returns one page."""
+    cursor: str | None = None
+    while True:
+        page = fetch(cursor)
+        yield from page.items
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
 @dataclass(frozen=True, slots=True)
 class Stats:
     """Statistics of a thread, a set of threads or a whole store."""
@@ -359,3 +370,129 @@ class CleanupReport:
     expired: list[str]
     deleted: list[str]
     freed_bytes: int = 0
+
+
+# ---------------------------------------------------------------- sessions (session layer values)
+
+#: Fields of :class:`Policy`, in order; a thread may override any of them.
+POLICY_FIELDS = ("ttl_auto", "ttl_manual", "ttl_error", "ttl_milestone", "max_checkpoints", "min_age")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A retention policy: what cleanup may remove. The default keeps everything.
+
+    * ``ttl_<kind>``: a checkpoint of that kind expires this long after it was
+      created (None: never). Milestones expire too, but a protected milestone is
+      never removed; unprotect it (``set_protected``) to let retention take it.
+    * ``max_checkpoints``: at most this many checkpoints per thread; cleanup
+      removes the oldest ``auto`` ones first, then ``error``, then ``manual``, then
+      unprotected milestones (None: no limit).
+    * ``min_age``: nothing younger than this is ever removed (None: no minimum).
+
+    Whatever the policy, branch heads, protected milestones and checkpoints held
+    by a sync point are never removed.
+
+    Raises:
+        InvalidInput: a negative duration, a count below 1, or a value of the wrong type.
+    """
+
+    ttl_auto: timedelta | None = None
+    ttl_manual: timedelta | None = None
+    ttl_error: timedelta | None = None
+    ttl_milestone: timedelta | None = None
+    max_checkpoints: int | None = None
+    min_age: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ttl_auto", "ttl_manual", "ttl_error", "ttl_milestone", "min_age"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, timedelta):
+                raise InvalidInput(f"policy {name} must be a timedelta or None, got {type(value).__name__}")
+            if value < timedelta(0):
+                raise InvalidInput(f"policy {name} must not be negative, got {value}")
+        count = self.max_checkpoints
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+            raise InvalidInput(f"policy max_checkpoints must be a positive integer or None, got {count!r}")
+
+    @staticmethod
+    def build(
+        *,
+        ttl: Mapping[CheckpointKind | str, timedelta | None] | None = None,
+        max_checkpoints: int | None = None,
+        min_age: timedelta | None = None,
+    ) -> Policy:
+        """A policy from a ``{kind: ttl}`` mapping (kinds as enums or strings).
+
+        Raises InvalidInput (unknown kind, bad value).
+        """
+        return Policy(**_ttl_fields(ttl or {}), max_checkpoints=max_checkpoints, min_age=min_age)
+
+    def ttl(self, kind: CheckpointKind) -> timedelta | None:
+        """How long checkpoints of ``kind`` live (None: forever)."""
+        value: timedelta | None = getattr(self, f"ttl_{kind.value}")
+        return value
+
+    def override(self, overrides: Mapping[str, Any]) -> Policy:
+        """This policy with some fields replaced (``ttl={kind: ...}`` is accepted too).
+
+        Raises InvalidInput (unknown field or kind, bad value).
+        """
+        return Policy(**{**{n: getattr(self, n) for n in POLICY_FIELDS}, **policy_overrides(overrides)})
+
+    @property
+    def keeps_everything(self) -> bool:
+        return all(getattr(self, n) is None for n in POLICY_FIELDS if n != "min_age")
+
+
+def _ttl_fields(ttl: Mapping[CheckpointKind | str, timedelta | None]) -> dict[str, timedelta | None]:
+    if not isinstance(ttl, Mapping):
+        raise InvalidInput(f"ttl must be a mapping of checkpoint kind to timedelta, got {type(ttl).__name__}")
+    return {f"ttl_{parse_enum(CheckpointKind, k, 'checkpoint kind').value}": v for k, v in ttl.items()}
+
+
+def policy_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate per-thread policy overrides into ``{field: value}`` (None is a value: "never")."""
+    if not isinstance(overrides, Mapping):
+        raise InvalidInput(f"policy overrides must be a mapping, got {type(overrides).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key == "ttl":
+            out.update(_ttl_fields(value))
+        elif key in POLICY_FIELDS:
+            out[key] = value
+        else:
+            valid = ", ".join(POLICY_FIELDS)
+            raise InvalidInput(f"unknown policy field {key!r}; expected one of: ttl, {valid}")
+    Policy(**out)  # validates the values
+    return out
+
+
+class SessionStatus(enum.StrEnum):
+    ACTIVE = "active"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A named group of threads with one retention policy."""
+
+    id: str
+    created_at: datetime
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    owner: str | None = None
+    status: SessionStatus = SessionStatus.ACTIVE
+    policy: Policy = field(default_factory=Policy)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPoint:
+    """One checkpoint per thread, written atomically under a label."""
+
+    session_id: str
+    label: str
+    created_at: datetime
+    members: Mapping[str, str]  # thread id -> checkpoint id
+    metadata: Mapping[str, Any] = field(default_factory=dict)

@@ -16,7 +16,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from threadline.core import CheckpointDomainService
 from threadline.errors import InvalidInput
-from threadline.serde import Serializer
+from threadline.serde import KeyRing, Serializer
+from threadline.sessions import SessionCheckpointManager
 from threadline.storage.base import CheckpointRepository
 from threadline.threads import ThreadCheckpointService
 
@@ -99,15 +100,24 @@ class Store:
         serializer: register your own types on it before writing them.
         checkpoints: the checkpoint core layer.
         threads: the thread layer (branches, merge, restore, collaboration, backups).
+        sessions: the session layer (policies, cleanup, statistics, sync points).
     """
 
     def __init__(
-        self, repository: CheckpointRepository, *, serializer: Serializer | None = None, **options: Any
+        self,
+        repository: CheckpointRepository,
+        *,
+        serializer: Serializer | None = None,
+        keyring: KeyRing | None = None,
+        **options: Any,
     ) -> None:
         self.repository = repository
         self.serializer = serializer or Serializer()
+        if keyring is not None:
+            self.serializer.keyring = keyring
         self.checkpoints = CheckpointDomainService(repository, self.serializer, **options)
         self.threads = ThreadCheckpointService(self.checkpoints)
+        self.sessions = SessionCheckpointManager(self.threads)
 
     @property
     def url(self) -> str:
@@ -137,16 +147,24 @@ class Store:
         return f"Store({self.url!r})"
 
 
-def open_store(url: str | None = None, *, serializer: Serializer | None = None, **options: Any) -> Store:
+def open_store(
+    url: str | None = None,
+    *,
+    serializer: Serializer | None = None,
+    keyring: KeyRing | None = None,
+    **options: Any,
+) -> Store:
     """Open (creating and migrating as needed) the store at ``url``.
 
-    ``url`` defaults to ``sqlite:///./threadline.db``. Options are passed to the
-    core layer (``inline_limit``, ``max_state_bytes``, ``list_min_items``).
+    ``url`` defaults to ``sqlite:///./threadline.db``. With ``keyring``, values, headers
+    and metadata are encrypted at rest (AES-256-GCM) and content hashes are keyed.
+    Options are passed to the core layer (``inline_limit``, ``max_state_bytes``,
+    ``list_min_items``).
 
     Raises:
         InvalidInput, SchemaError, StorageError: see :func:`open_repository`.
     """
-    return Store(open_repository(url or DEFAULT_URL), serializer=serializer, **options)
+    return Store(open_repository(url or DEFAULT_URL), serializer=serializer, keyring=keyring, **options)
 
 
 def url_from_env(explicit: str | None = None) -> str:

@@ -27,8 +27,10 @@ from threadline.model import (
     CheckpointKind,
     CheckpointStatus,
     Page,
+    Stats,
     Thread,
     check_metadata,
+    iterate_pages,
     new_checkpoint_id,
     new_id,
     now_us,
@@ -38,7 +40,17 @@ from threadline.model import (
     validate_id,
     validate_name,
 )
-from threadline.storage.base import UNSET, BranchRow
+from threadline.storage.base import (
+    UNSET,
+    BranchRow,
+    CheckpointRow,
+    GcReport,
+    LifecycleUpdate,
+    SessionRow,
+    StatsRow,
+    SyncPointRow,
+    ThreadRow,
+)
 
 
 class Role(enum.StrEnum):
@@ -254,6 +266,39 @@ class ThreadCheckpointService:
     def milestone(self, thread_id: str, state: Mapping[str, Any], name: str, **options: Any) -> Checkpoint:
         """A named, protected checkpoint; the name is unique in the thread (AlreadyExists)."""
         return self.checkpoint(thread_id, state, kind=CheckpointKind.MILESTONE, milestone=name, **options)
+
+    def milestone_of(
+        self,
+        checkpoint_id: str,
+        name: str,
+        *,
+        thread_id: str | None = None,
+        branch: str | None = None,
+        actor: str | None = None,
+    ) -> Checkpoint:
+        """Mark an existing checkpoint's state as a milestone: appends a milestone
+        checkpoint with that state (stored values shared, nothing copied) on
+        ``branch`` (by default the checkpoint's branch, or the thread's default
+        branch when that one is gone).
+
+        Raises NotFound, AlreadyExists (name taken in the thread), InvalidInput, PermissionDenied.
+        """
+        row = self.core.row(checkpoint_id, thread_id)
+        self._require(row.thread_id, actor, Role.EDITOR, "write to")
+        name = validate_name(name, "milestone name")
+        target = branch or row.branch
+        names = {b.name for b in self.core.repository.list_branches(row.thread_id)}
+        if branch is None and target not in names:
+            target = self.core.get_thread(row.thread_id).default_branch
+        return self.core.create(
+            row.thread_id,
+            None,
+            state_of=row,
+            branch=target,
+            kind=CheckpointKind.MILESTONE,
+            milestone=name,
+            title=f"state of {row.id}",
+        )
 
     def get(
         self, checkpoint_id: str, *, thread_id: str | None = None, actor: str | None = None
@@ -614,12 +659,14 @@ class ThreadCheckpointService:
         *,
         progress: Progress | None = None,
         actor: str | None = None,
+        session: Mapping[str, Any] | None = None,
     ) -> ArchiveSummary:
-        """Write threads to a portable archive file (see docs/archive.md)."""
+        """Write threads to a portable archive file (see docs/archive.md); ``session``
+        is the session record the session layer adds to a session backup."""
         ids = [thread_ids] if isinstance(thread_ids, str) else builtins.list(thread_ids)
         for tid in ids:
             self._require(tid, actor, Role.VIEWER, "back up")
-        return write_archive(self.core, ids, path, progress=progress)
+        return write_archive(self.core, ids, path, progress=progress, session=session)
 
     def verify_backup(
         self, path: str | os.PathLike[str], *, progress: Progress | None = None
@@ -633,30 +680,161 @@ class ThreadCheckpointService:
         *,
         rename: Mapping[str, str] | None = None,
         progress: Progress | None = None,
+        session_id: str | None = None,
     ) -> ArchiveSummary:
         """Import an archive: verified first, then one transaction per thread.
 
         Threads already present with the same checkpoints are skipped; a thread
         id that exists with different content is a Conflict unless ``rename``
-        maps it to a new id.
+        maps it to a new id. ``session_id`` puts the imported threads in that session.
         """
-        return restore_archive(self.core, path, rename=dict(rename or {}), progress=progress)
+        return restore_archive(
+            self.core, path, rename=dict(rename or {}), progress=progress, session_id=session_id
+        )
 
     # ------------------------------------------------------------ iteration helpers
 
     def walk(self, thread_id: str, branch: str | None = None) -> Iterator[Checkpoint]:
         """Every checkpoint of a branch's history, newest first."""
-        cursor: str | None = None
-        while True:
-            page = self.history(thread_id, branch, limit=200, cursor=cursor)
-            yield from page.items
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        return iterate_pages(lambda cursor: self.history(thread_id, branch, limit=200, cursor=cursor))
 
     def ttl(self, checkpoint_id: str, ttl: timedelta, *, thread_id: str | None = None) -> Checkpoint:
         """Give a checkpoint an expiry ``ttl`` from now."""
         return self.core.set_expiry(checkpoint_id, us_to_datetime(now_us()) + ttl, thread_id=thread_id)
+
+    # ------------------------------------------------------------ session support
+    # The session layer reaches storage only through these (and the methods above).
+
+    def thread_row(self, thread_id: str) -> ThreadRow:
+        """A thread's stored row, with its session and its own policy fields. Raises NotFound."""
+        return self.core.repository.get_thread(validate_id(thread_id, "thread id"))
+
+    def set_thread_session(self, thread_id: str, session_id: str | None) -> ThreadRow:
+        """Move a thread into a session (None: out of any). Raises NotFound (thread, session)."""
+        sid = validate_id(session_id, "session id") if session_id is not None else None
+        return self.core.repository.set_thread_session(validate_id(thread_id, "thread id"), sid)
+
+    def set_thread_policy(self, thread_id: str, policy: bytes | None) -> ThreadRow:
+        """Store a thread's encoded policy fields (None clears them). Raises NotFound."""
+        return self.core.repository.set_thread_policy(validate_id(thread_id, "thread id"), policy)
+
+    def create_session_row(
+        self,
+        session_id: str,
+        *,
+        metadata: bytes,
+        owner: str | None,
+        policy: bytes | None,
+        created_at: int | None = None,
+    ) -> SessionRow:
+        """Raises AlreadyExists."""
+        return self.core.repository.create_session(
+            session_id, created_at=created_at or now_us(), metadata=metadata, owner=owner, policy=policy
+        )
+
+    def session_row(self, session_id: str) -> SessionRow:
+        """Raises NotFound."""
+        return self.core.repository.get_session(validate_id(session_id, "session id"))
+
+    def session_rows(
+        self, *, after: str | None = None, limit: int = 100, status: str | None = None
+    ) -> builtins.list[SessionRow]:
+        """Sessions ordered by id, strictly after ``after``."""
+        return self.core.repository.list_sessions(after=after, limit=limit, status=status)
+
+    def update_session_row(
+        self,
+        session_id: str,
+        *,
+        metadata: bytes | None = None,
+        status: str | None = None,
+        policy: bytes | Any | None = UNSET,
+    ) -> SessionRow:
+        """Raises NotFound."""
+        return self.core.repository.update_session(
+            session_id, metadata=metadata, status=status, policy=policy
+        )
+
+    def delete_session(self, session_id: str) -> GcReport:
+        """Delete a session, all its threads and sync points in one transaction. Raises NotFound."""
+        members = [t.id for t in iterate_pages(lambda c: self.list_threads(session_id=session_id, cursor=c))]
+        report = self.core.repository.delete_session(validate_id(session_id, "session id"))
+        for tid in members:
+            self.core.forget_thread_caches(tid)
+        return report
+
+    def sync_point_rows(self, session_id: str) -> builtins.list[SyncPointRow]:
+        """A session's sync points, oldest first. Raises NotFound (session)."""
+        return self.core.repository.list_sync_points(validate_id(session_id, "session id"))
+
+    def sync_point_row(self, session_id: str, label: str) -> SyncPointRow:
+        """Raises NotFound."""
+        return self.core.repository.get_sync_point(session_id, label)
+
+    def delete_sync_point(self, session_id: str, label: str) -> None:
+        """Raises NotFound."""
+        self.core.repository.delete_sync_point(session_id, label)
+
+    def checkpoint_many(
+        self, requests: Sequence[Mapping[str, Any]], *, sync_point: SyncPointRow | None = None
+    ) -> builtins.list[Checkpoint]:
+        """Write checkpoints on several threads in one transaction (see ``core.create_many``)."""
+        return self.core.create_many(requests, sync_point=sync_point)
+
+    def checkpoint_row(self, checkpoint_id: str, thread_id: str) -> CheckpointRow:
+        """A checkpoint's stored row (fields, lineage, manifest; no state). Raises NotFound."""
+        return self.core.row(checkpoint_id, thread_id)
+
+    def checkpoint_rows(self, thread_id: str) -> builtins.list[CheckpointRow]:
+        """Every stored row of a thread, newest first, in one query (no state is read)."""
+        return self.core.scan(thread_id, limit=100_000_000)
+
+    def remove_checkpoints(self, thread_id: str, checkpoint_ids: Sequence[str]) -> GcReport:
+        """Delete checkpoints of one thread in one transaction: survivors are re-linked to
+        their nearest surviving ancestor, unreferenced bytes collected. Raises NotFound (thread)."""
+        report = self.core.repository.delete_checkpoints(validate_id(thread_id, "thread id"), checkpoint_ids)
+        self.core.forget_thread_caches(thread_id)
+        return report
+
+    def update_lifecycle(
+        self,
+        thread_id: str,
+        checkpoint_ids: Sequence[str],
+        *,
+        status: CheckpointStatus | None = None,
+        expires_at: int | Any | None = UNSET,
+    ) -> int:
+        """Set the status and/or expiry (microseconds, None: never) of checkpoints of one
+        thread in one transaction; returns how many changed. Raises NotFound (thread)."""
+        update = LifecycleUpdate(status=status, expires_at=expires_at)
+        return self.core.repository.update_checkpoints(
+            validate_id(thread_id, "thread id"), checkpoint_ids, update
+        )
+
+    def stats(self, thread_ids: Sequence[str] | None = None) -> Stats:
+        """Aggregates over threads (all when None), computed by queries."""
+        return self.core.stats(thread_ids)
+
+    def stats_row(self, thread_ids: Sequence[str] | None, *, largest: int, per_day: bool) -> StatsRow:
+        """Aggregates with the largest threads and checkpoints per day, by queries."""
+        ids = [validate_id(t, "thread id") for t in thread_ids] if thread_ids is not None else None
+        return self.core.repository.stats(ids, largest=largest, per_day=per_day)
+
+    def apply_ttls(self, thread_id: str, ttls: Mapping[CheckpointKind, int | None], *, now: int) -> int:
+        """Re-compute expiry from TTLs per kind in one transaction (see the storage contract)."""
+        return self.core.repository.apply_ttls(validate_id(thread_id, "thread id"), ttls, now=now)
+
+    def put_sync_point(self, row: SyncPointRow) -> None:
+        """Record a sync point over existing checkpoints. Raises AlreadyExists, NotFound."""
+        self.core.repository.put_sync_point(row)
+
+    def reclaim_space(self) -> int:
+        """Give space freed by deletes back to the operating system; returns the bytes."""
+        return self.core.repository.reclaim_space()
+
+    def storage_bytes(self) -> int:
+        """Bytes the store occupies."""
+        return self.core.repository.storage_bytes()
 
     # ------------------------------------------------------------ async twins (one implementation)
 

@@ -256,6 +256,10 @@ class StatsRow:
     restores: int
     branches: int
     milestones: int
+    #: (thread id, checkpoints, logical bytes, stored bytes), most stored bytes first.
+    largest: list[tuple[str, int, int, int]] = field(default_factory=list)
+    #: Checkpoints created per UTC day ("YYYY-MM-DD").
+    per_day: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -635,8 +639,26 @@ class CheckpointRepository(abc.ABC):
         or before ``now``, soonest first."""
 
     @abc.abstractmethod
-    def stats(self, thread_ids: Sequence[str] | None = None) -> StatsRow:
-        """Aggregates over the given threads (all threads when None), by queries."""
+    def stats(
+        self, thread_ids: Sequence[str] | None = None, *, largest: int = 0, per_day: bool = False
+    ) -> StatsRow:
+        """Aggregates over the given threads (all threads when None), by queries; with
+        ``largest`` the top threads by stored bytes, with ``per_day`` counts per UTC day.
+        Raises NotFound (a thread)."""
+
+    @abc.abstractmethod
+    def apply_ttls(self, thread_id: str, ttls: Mapping[CheckpointKind, int | None], *, now: int) -> int:
+        """Set the expiry of a thread's checkpoints of the given kinds to ``created_at +
+        ttl`` (microseconds; None clears it), and make expired checkpoints whose new
+        expiry is later than ``now`` (or cleared) active again, in one transaction.
+        Returns how many checkpoints changed. Raises NotFound (thread)."""
+
+    @abc.abstractmethod
+    def put_sync_point(self, row: SyncPointRow) -> None:
+        """Record a sync point over existing checkpoints (used when restoring backups).
+
+        Raises AlreadyExists (label taken), NotFound (session or a member checkpoint).
+        """
 
     @abc.abstractmethod
     def collect_garbage(self) -> GcReport:

@@ -12,6 +12,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from threadline.errors import (
@@ -23,7 +24,7 @@ from threadline.errors import (
     StaleReference,
     StorageError,
 )
-from threadline.model import DEFAULT_BRANCH, CheckpointStatus, new_checkpoint_id
+from threadline.model import DEFAULT_BRANCH, CheckpointKind, CheckpointStatus, new_checkpoint_id
 from threadline.storage.base import (
     MAX_LIST_DEPTH,
     SCHEMA_VERSION,
@@ -834,7 +835,9 @@ class MemoryRepository(CheckpointRepository):
             )
             return [(tid, cid) for _, tid, cid in due[:limit]]
 
-    def stats(self, thread_ids: Sequence[str] | None = None) -> StatsRow:
+    def stats(
+        self, thread_ids: Sequence[str] | None = None, *, largest: int = 0, per_day: bool = False
+    ) -> StatsRow:
         with self._lock:
             threads = (
                 [self._thread(t) for t in thread_ids]
@@ -844,9 +847,20 @@ class MemoryRepository(CheckpointRepository):
             rows = [self._checkpoints[(t.row.id, c)] for t in threads for c in t.ids]
             by_kind: dict[str, int] = {}
             by_status: dict[str, int] = {}
+            days: dict[str, int] = {}
             for r in rows:
                 by_kind[r.kind.value] = by_kind.get(r.kind.value, 0) + 1
                 by_status[r.status.value] = by_status.get(r.status.value, 0) + 1
+                if per_day:
+                    day = datetime.fromtimestamp(r.created_at // 1_000_000, tz=UTC).date().isoformat()
+                    days[day] = days.get(day, 0) + 1
+            sizes = []
+            for t in threads if largest else ():
+                mine = [self._checkpoints[(t.row.id, c)] for c in t.ids]
+                if mine:
+                    logical = sum(r.logical_size for r in mine)
+                    sizes.append((t.row.id, len(mine), logical, sum(r.stored_size for r in mine)))
+            sizes.sort(key=lambda x: (-x[3], -x[1], x[0]))
             return StatsRow(
                 threads=len(threads),
                 checkpoints=len(rows),
@@ -859,7 +873,40 @@ class MemoryRepository(CheckpointRepository):
                 restores=sum(r.restore_count for r in rows),
                 branches=sum(len(t.branches) for t in threads),
                 milestones=sum(1 for r in rows if r.milestone is not None),
+                largest=sizes[:largest],
+                per_day=dict(sorted(days.items())),
             )
+
+    def apply_ttls(self, thread_id: str, ttls: Mapping[CheckpointKind, int | None], *, now: int) -> int:
+        with self._lock:
+            thread = self._thread(thread_id)
+            changed = 0
+            for cid in thread.ids:
+                row = self._checkpoints[(thread_id, cid)]
+                new = row
+                if row.kind in ttls:
+                    ttl = ttls[row.kind]
+                    new = replace(new, expires_at=None if ttl is None else row.created_at + ttl)
+                if new.status is CheckpointStatus.EXPIRED and (
+                    new.expires_at is None or new.expires_at > now
+                ):
+                    new = replace(new, status=CheckpointStatus.ACTIVE)
+                if new != row:
+                    self._checkpoints[(thread_id, cid)] = new
+                    changed += 1
+            return changed
+
+    def put_sync_point(self, row: SyncPointRow) -> None:
+        with self._lock:
+            self._session(row.session_id)
+            for thread_id, checkpoint_id in row.members:
+                self._thread(thread_id)
+                if (thread_id, checkpoint_id) not in self._checkpoints:
+                    raise NotFound(f"checkpoint {checkpoint_id} does not exist in thread {thread_id!r}")
+            points = self._sync_points.setdefault(row.session_id, {})
+            if row.label in points:
+                raise AlreadyExists(f"sync point {row.label!r} already exists in session {row.session_id!r}")
+            points[row.label] = row
 
     # ------------------------------------------------------------ garbage collection
 

@@ -39,6 +39,8 @@ from threadline.model import (
     KINDS_BY_CODE,
     STATUS_CODES,
     STATUSES_BY_CODE,
+    CheckpointKind,
+    CheckpointStatus,
     checkpoint_id_bytes,
     checkpoint_id_from_bytes,
     new_checkpoint_id,
@@ -979,6 +981,54 @@ class SQLiteRepository(CheckpointRepository):
 
         self._write(op)
 
+    def apply_ttls(self, thread_id: str, ttls: Mapping[CheckpointKind, int | None], *, now: int) -> int:
+        def op(c: sqlite3.Connection) -> int:
+            tkey = self._tkey(c, thread_id)
+            changed = 0
+            for kind, ttl in ttls.items():
+                changed += c.execute(
+                    "UPDATE checkpoints SET expires_at = CASE WHEN ? IS NULL THEN NULL ELSE created_at + ? END "
+                    "WHERE tkey = ? AND kind = ? AND expires_at IS NOT (CASE WHEN ? IS NULL THEN NULL "
+                    "ELSE created_at + ? END)",
+                    (ttl, ttl, tkey, KIND_CODES[kind], ttl, ttl),
+                ).rowcount
+            changed += c.execute(
+                "UPDATE checkpoints SET status = ? WHERE tkey = ? AND status = ? "
+                "AND (expires_at IS NULL OR expires_at > ?)",
+                (STATUS_CODES[CheckpointStatus.ACTIVE], tkey, STATUS_CODES[CheckpointStatus.EXPIRED], now),
+            ).rowcount
+            return changed
+
+        return self._write(op)
+
+    def put_sync_point(self, row: SyncPointRow) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            self._session(c, row.session_id)
+            for thread_id, checkpoint_id in row.members:
+                tkey = self._tkey(c, thread_id)
+                if not c.execute(
+                    "SELECT 1 FROM checkpoints WHERE tkey = ? AND id = ?",
+                    (tkey, checkpoint_id_bytes(checkpoint_id)),
+                ).fetchone():
+                    raise NotFound(f"checkpoint {checkpoint_id} does not exist in thread {thread_id!r}")
+            try:
+                c.execute(
+                    "INSERT INTO sync_points (session_id, label, created_at, members, metadata) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        row.session_id,
+                        row.label,
+                        row.created_at,
+                        ormsgpack.packb([list(m) for m in row.members]),
+                        row.metadata,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(
+                    f"sync point {row.label!r} already exists in session {row.session_id!r}"
+                ) from None
+
+        self._write(op)
+
     # ------------------------------------------------------------ pending writes
 
     def put_writes(
@@ -1053,8 +1103,8 @@ class SQLiteRepository(CheckpointRepository):
             if c.execute("SELECT 1 FROM threads WHERE id = ?", (thread.id,)).fetchone():
                 raise AlreadyExists(f"thread {thread.id!r} already exists")
             cur = c.execute(
-                "INSERT INTO threads (id, created_at, session_id, metadata, default_branch, origin) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO threads (id, created_at, session_id, metadata, default_branch, origin, policy) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     thread.id,
                     thread.created_at,
@@ -1062,6 +1112,7 @@ class SQLiteRepository(CheckpointRepository):
                     thread.metadata,
                     thread.default_branch,
                     thread.origin,
+                    thread.policy,
                 ),
             )
             tkey = int(cur.lastrowid or 0)
@@ -1571,7 +1622,9 @@ class SQLiteRepository(CheckpointRepository):
         )
         return [(r[0], checkpoint_id_from_bytes(r[1])) for r in rows]
 
-    def stats(self, thread_ids: Sequence[str] | None = None) -> StatsRow:
+    def stats(
+        self, thread_ids: Sequence[str] | None = None, *, largest: int = 0, per_day: bool = False
+    ) -> StatsRow:
         def op(c: sqlite3.Connection) -> StatsRow:
             if thread_ids is None:
                 where, args = "", []
@@ -1597,6 +1650,26 @@ class SQLiteRepository(CheckpointRepository):
                 args,
             ).fetchone()
             branches = c.execute(f"SELECT count(*) FROM branches {where}", args).fetchone()[0]
+            top: list[tuple[str, int, int, int]] = []
+            if largest:
+                top = [
+                    (r[0], r[1], r[2], r[3])
+                    for r in c.execute(
+                        "SELECT t.id, count(*), sum(c.logical_size), sum(c.stored_size) FROM checkpoints c "
+                        f"JOIN threads t ON t.tkey = c.tkey {where.replace('tkey', 'c.tkey')} "
+                        "GROUP BY c.tkey ORDER BY sum(c.stored_size) DESC, count(*) DESC, t.id LIMIT ?",
+                        [*args, largest],
+                    )
+                ]
+            days: dict[str, int] = {}
+            if per_day:
+                days = dict(
+                    c.execute(
+                        "SELECT date(created_at / 1000000, 'unixepoch') AS day, count(*) FROM checkpoints "
+                        f"{where} GROUP BY day ORDER BY day",
+                        args,
+                    ).fetchall()
+                )
             return StatsRow(
                 threads=tcount,
                 checkpoints=total,
@@ -1609,6 +1682,8 @@ class SQLiteRepository(CheckpointRepository):
                 restores=restores,
                 branches=branches,
                 milestones=milestones,
+                largest=top,
+                per_day=days,
             )
 
         return self._read(op)
@@ -1728,7 +1803,8 @@ class SQLiteRepository(CheckpointRepository):
         conn = self._conn()
         with self._translate():
             self._retry(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
-            self._retry(lambda: conn.execute("PRAGMA incremental_vacuum").fetchall())
+            # executescript steps the pragma to completion (execute would free one page)
+            self._retry(lambda: conn.executescript("PRAGMA incremental_vacuum;"))
             self._retry(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
         return max(0, before - self.storage_bytes())
 
