@@ -90,3 +90,25 @@ def test_encrypted_store_keeps_no_plaintext_on_disk(tmp_path: Path) -> None:
         store.checkpoints.get_state(cp.id)
     with open_store(f"sqlite:///{path}", keyring=KeyRing.generate()) as store, pytest.raises(IntegrityError):
         store.checkpoints.get_state(cp.id)
+
+
+def test_backups_of_encrypted_stores_are_portable(tmp_path: Path) -> None:
+    ring = KeyRing.generate()
+    with open_store(f"sqlite:///{tmp_path}/e.db", keyring=ring) as store:
+        store.threads.create_thread("t", metadata={"customer": "zebra-4711"})
+        big = "x" * 5000
+        first = store.threads.checkpoint("t", {"doc": big, "items": ["a" * 100, "b" * 100], "n": 1})
+        store.threads.checkpoint("t", {"doc": big, "items": ["a" * 100, "b" * 100, "c"], "n": 2}, tags=["t1"])
+        store.threads.backup("t", tmp_path / "t.tlar")
+        expected = {c.id: store.threads.get_state(c.id) for c in store.threads.walk("t")}
+    assert b"zebra-4711" not in (tmp_path / "e.db").read_bytes()
+    with open_store("memory://") as plain:  # no key ring needed to restore an archive
+        plain.threads.restore_backup(tmp_path / "t.tlar")
+        assert {c.id: plain.threads.get_state(c.id) for c in plain.threads.walk("t")} == expected
+        assert plain.threads.get_thread("t").metadata == {"customer": "zebra-4711"}
+        plain.threads.backup("t", tmp_path / "again.tlar")
+    with open_store(f"sqlite:///{tmp_path}/e2.db", keyring=KeyRing.generate()) as other:
+        other.threads.restore_backup(tmp_path / "again.tlar")
+        assert {c.id: other.threads.get_state(c.id) for c in other.threads.walk("t")} == expected
+        assert other.threads.get(first.id).tags == ()
+        assert other.threads.get_thread("t").metadata == {"customer": "zebra-4711"}

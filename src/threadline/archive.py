@@ -53,6 +53,7 @@ from threadline.model import (
     validate_id,
     validate_name,
 )
+from threadline.serde import FLAG_ENCRYPTED
 from threadline.storage.base import (
     BlobRef,
     BranchRow,
@@ -156,15 +157,19 @@ def _write_thread(
     thread = repo.get_thread(thread_id)
     rows = list(reversed(core.scan(thread_id, limit=10_000_000)))
     lists: dict[tuple[int, int], int] = {}
+    portable: dict[bytes, bytes] = {}  # store hash -> archive hash of each blob
     for row in rows:
         for ref in row.manifest.values():
-            if isinstance(ref, BlobRef) and ref.hash not in written:
+            if isinstance(ref, BlobRef) and ref.hash not in portable:
                 data = repo.get_blobs([ref.hash]).get(ref.hash)
                 if data is None:
                     raise ArchiveError(f"checkpoint {row.id}: a value is missing from the store")
-                out.record(b"V", {"h": ref.hash, "d": data})
-                written.add(ref.hash)
-                summary.values += 1
+                digest, framed = _portable(core, bytes(data))
+                portable[ref.hash] = digest
+                if digest not in written:
+                    out.record(b"V", {"h": digest, "d": framed})
+                    written.add(digest)
+                    summary.values += 1
             elif isinstance(ref, ListRef) and (ref.list_id, ref.length) not in lists:
                 hashes: list[bytes] = []
                 items = repo.get_list_items(ref.list_id, ref.length)
@@ -172,7 +177,7 @@ def _write_thread(
                     framed = bytes(framed)
                     if zlib.crc32(framed) != crc:
                         raise ArchiveError(f"checkpoint {row.id}: a stored list item is corrupt")
-                    digest = blob_hash(core.serializer.unpack(framed))
+                    digest, framed = _portable(core, framed)
                     if digest not in written:
                         out.record(b"V", {"h": digest, "d": framed})
                         written.add(digest)
@@ -196,9 +201,9 @@ def _write_thread(
             "id": thread.id,
             "created_at": thread.created_at,
             "session": thread.session_id,
-            "metadata": thread.metadata,
+            "metadata": _plain_record(core, thread.metadata),
             "default_branch": thread.default_branch,
-            "origin": thread.origin,
+            "origin": _plain_record(core, thread.origin) if thread.origin else None,
             "branches": [[b.name, b.head, b.created_at, b.base] for b in repo.list_branches(thread_id)],
             "participants": repo.participants(thread_id),
         },
@@ -220,19 +225,40 @@ def _write_thread(
                 "l": row.logical_size,
                 "z": row.stored_size,
                 "m": row.milestone,
-                "h": row.header,
-                "v": {key: _ref_out(ref, lists) for key, ref in row.manifest.items()},
+                "h": _plain_record(core, row.header),
+                "v": {key: _ref_out(core, ref, lists, portable) for key, ref in row.manifest.items()},
             },
         )
         summary.checkpoints += 1
 
 
-def _ref_out(ref: Ref, lists: dict[tuple[int, int], int]) -> list[Any]:
+def _ref_out(
+    core: CheckpointDomainService, ref: Ref, lists: dict[tuple[int, int], int], portable: dict[bytes, bytes]
+) -> list[Any]:
     if isinstance(ref, InlineRef):
-        return [0, ref.data]
+        return [0, _portable(core, ref.data)[1]]
     if isinstance(ref, BlobRef):
-        return [1, ref.hash]
+        return [1, portable[ref.hash]]
     return [2, lists[(ref.list_id, ref.length)], ref.length]
+
+
+def _portable(core: CheckpointDomainService, framed: bytes) -> tuple[bytes, bytes]:
+    """A stored frame in archive form: (unkeyed hash of its value, unencrypted frame).
+    Archives are portable: they never depend on a store's key ring."""
+    raw = core.serializer.unpack(framed)
+    if framed[:1] and framed[0] & FLAG_ENCRYPTED:
+        framed = core.serializer.pack(raw, encrypt=False)
+    return blob_hash(raw), framed
+
+
+def _plain_record(core: CheckpointDomainService, stored: bytes) -> bytes:
+    """A stored record (header, metadata) as plain msgpack, for the archive."""
+    return core.serializer.dumps(core.decode_record(stored), path="record")
+
+
+def _stored_record(core: CheckpointDomainService, plain: bytes) -> bytes:
+    """An archived record in this store's form (framed; encrypted with a key ring)."""
+    return core.encode_record(core.serializer.loads(plain), "record")
 
 
 # ---------------------------------------------------------------- reading
@@ -659,8 +685,21 @@ def _import_thread(
     assert rec is not None
     list_ids = {aid: random_list_id() for aid in index.lists}
 
+    keyed = core.serializer.keyring is not None
+    converted: dict[bytes, tuple[bytes, bytes]] = {}
+
     def value(digest: bytes) -> bytes:
-        return bytes(_read_record(stream, values[digest])["d"])
+        return stored(digest)[1]
+
+    def stored(digest: bytes) -> tuple[bytes, bytes]:
+        """(store hash, store frame) of an archived value: re-framed for an encrypted store."""
+        framed = bytes(_read_record(stream, values[digest])["d"])
+        if not keyed:
+            return digest, framed
+        if digest not in converted:
+            raw = core.serializer.unpack(framed)
+            converted[digest] = (core.serializer.content_hash(raw), core.serializer.pack(raw))
+        return converted[digest]
 
     def lists() -> Iterator[ListAppend]:
         roots: list[
@@ -691,7 +730,7 @@ def _import_thread(
                 if ref[0] == 1:
                     needed.add(bytes(ref[1]))
         for digest in sorted(needed):
-            yield NewBlob(digest, value(digest))
+            yield NewBlob(*stored(digest))
 
     def checkpoints() -> Iterator[CheckpointRow]:
         for off in index.checkpoints:
@@ -699,9 +738,12 @@ def _import_thread(
             manifest: Manifest = {}
             for key, ref in c["v"].items():
                 if ref[0] == 0:
-                    manifest[key] = InlineRef(bytes(ref[1]))
+                    inline = bytes(ref[1])
+                    manifest[key] = InlineRef(
+                        core.serializer.pack(core.serializer.unpack(inline)) if keyed else inline
+                    )
                 elif ref[0] == 1:
-                    manifest[key] = BlobRef(bytes(ref[1]))
+                    manifest[key] = BlobRef(stored(bytes(ref[1]))[0])
                 else:
                     manifest[key] = ListRef(list_ids[ref[1]], ref[2])
             yield CheckpointRow(
@@ -717,7 +759,7 @@ def _import_thread(
                 restore_count=c["r"],
                 logical_size=c["l"],
                 stored_size=c.get("z") if isinstance(c.get("z"), int) else 0,
-                header=bytes(c["h"]),
+                header=_stored_record(core, bytes(c["h"])),
                 manifest=manifest,
                 milestone=c["m"],
             )
@@ -726,9 +768,9 @@ def _import_thread(
         id=target,
         created_at=rec["created_at"],
         session_id=session_id if session_id is not None else rec.get("session"),
-        metadata=bytes(rec["metadata"]),
+        metadata=_stored_record(core, bytes(rec["metadata"])),
         default_branch=rec["default_branch"],
-        origin=bytes(rec["origin"]) if rec.get("origin") else None,
+        origin=_stored_record(core, bytes(rec["origin"])) if rec.get("origin") else None,
     )
     branches = [BranchRow(target, name, head, created, base) for name, head, created, base in rec["branches"]]
     try:

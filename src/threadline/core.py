@@ -279,8 +279,8 @@ class CheckpointDomainService:
             tid,
             created_at=now_us(),
             session_id=session_id,
-            metadata=self.serializer.dumps(dict(meta), path="metadata"),
-            origin=self.serializer.dumps(dict(origin), path="origin") if origin else None,
+            metadata=self.encode_record(dict(meta), "metadata"),
+            origin=self.encode_record(dict(origin), "origin") if origin else None,
         )
         return self._thread(row)
 
@@ -311,7 +311,7 @@ class CheckpointDomainService:
         """Replace a thread's metadata. Raises NotFound, InvalidInput."""
         meta = check_metadata(metadata)
         row = self.repository.update_thread(
-            validate_id(thread_id, "thread id"), metadata=self.serializer.dumps(dict(meta), path="metadata")
+            validate_id(thread_id, "thread id"), metadata=self.encode_record(dict(meta), "metadata")
         )
         return self._thread(row)
 
@@ -319,6 +319,15 @@ class CheckpointDomainService:
         """Delete a thread with its whole history; its unshared bytes are collected."""
         self.repository.delete_thread(validate_id(thread_id, "thread id"))
         self._caches.forget_thread(thread_id)
+
+    def encode_record(self, value: Any, path: str) -> bytes:
+        """Stored form of a small record (checkpoint header, thread or session metadata):
+        serialized and framed, so it is encrypted at rest when the store has a key ring."""
+        return self.serializer.pack(self.serializer.dumps(value, path=path))
+
+    def decode_record(self, raw: bytes) -> Any:
+        """Inverse of :meth:`encode_record`. Raises SerializationError."""
+        return self.serializer.loads(self.serializer.unpack(raw))
 
     def forget_thread_caches(self, thread_id: str) -> None:
         """Drop what this process remembers of a thread's branch heads."""
@@ -329,9 +338,9 @@ class CheckpointDomainService:
             id=row.id,
             created_at=us_to_datetime(row.created_at),
             session_id=row.session_id,
-            metadata=self.serializer.loads(row.metadata),
+            metadata=self.decode_record(row.metadata),
             default_branch=row.default_branch,
-            origin=self.serializer.loads(row.origin) if row.origin else None,
+            origin=self.decode_record(row.origin) if row.origin else None,
         )
 
     # ------------------------------------------------------------ create
@@ -699,10 +708,10 @@ class CheckpointDomainService:
 
     def _encode_header(self, **fields: Any) -> bytes:
         packed = {_HEADER_KEYS[k]: v for k, v in fields.items() if v is not None and not _empty(v)}
-        return self.serializer.dumps(packed, path="metadata")
+        return self.encode_record(packed, "metadata")
 
     def _decode_header(self, raw: bytes) -> dict[str, Any]:
-        data = self.serializer.loads(raw) if raw else {}
+        data = self.decode_record(raw) if raw else {}
         if not isinstance(data, dict):
             raise IntegrityError("checkpoint header is not a mapping")
         return {name: data[short] for name, short in _HEADER_KEYS.items() if short in data}

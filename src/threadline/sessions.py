@@ -258,7 +258,7 @@ class SessionCheckpointManager:
     def __init__(self, threads: ThreadCheckpointService, *, default_policy: Policy | None = None) -> None:
         self.threads = threads
         self.default_policy = default_policy or Policy()
-        self._serializer = threads.core.serializer
+        self._records = threads.core
 
     # ------------------------------------------------------------ sessions
 
@@ -330,14 +330,14 @@ class SessionCheckpointManager:
         return Session(
             id=row.id,
             created_at=us_to_datetime(row.created_at),
-            metadata=self._serializer.loads(row.metadata) if row.metadata else {},
+            metadata=self._records.decode_record(row.metadata) if row.metadata else {},
             owner=row.owner,
             status=SessionStatus(row.status),
             policy=Policy(**decode_policy(row.policy)),
         )
 
     def _dump_metadata(self, metadata: Mapping[str, Any] | None) -> bytes:
-        return self._serializer.dumps(dict(check_metadata(metadata or {})), path="metadata")
+        return self._records.encode_record(dict(check_metadata(metadata or {})), "metadata")
 
     # ------------------------------------------------------------ threads of a session
 
@@ -747,7 +747,7 @@ class SessionCheckpointManager:
             label=row.label,
             created_at=us_to_datetime(row.created_at),
             members=dict(row.members),
-            metadata=self._serializer.loads(row.metadata) if row.metadata else {},
+            metadata=self._records.decode_record(row.metadata) if row.metadata else {},
         )
 
     # ------------------------------------------------------------ backups
@@ -762,7 +762,9 @@ class SessionCheckpointManager:
         section = {
             "id": row.id,
             "created_at": row.created_at,
-            "metadata": row.metadata,
+            "metadata": self._records.serializer.dumps(
+                self._records.decode_record(row.metadata), path="metadata"
+            ),
             "owner": row.owner,
             "status": row.status,
             "policy": row.policy,
@@ -806,7 +808,9 @@ class SessionCheckpointManager:
         except NotFound:
             self.threads.create_session_row(
                 target,
-                metadata=section["metadata"],
+                metadata=self._records.encode_record(
+                    self._records.serializer.loads(section["metadata"]), "metadata"
+                ),
                 owner=section["owner"],
                 policy=encode_policy(session_policy) if section.get("policy") is not None else None,
                 created_at=section["created_at"],

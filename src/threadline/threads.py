@@ -642,8 +642,8 @@ class ThreadCheckpointService:
             source.id,
             new_thread,
             created_at=now_us(),
-            metadata=self.core.serializer.dumps(dict(source.metadata), path="metadata"),
-            origin=self.core.serializer.dumps({"copied_from": source.id}, path="origin"),
+            metadata=self.core.encode_record(dict(source.metadata), "metadata"),
+            origin=self.core.encode_record({"copied_from": source.id}, "origin"),
             id_map=id_map,
         )
         if actor is not None:
