@@ -112,3 +112,43 @@ def test_backups_of_encrypted_stores_are_portable(tmp_path: Path) -> None:
         assert {c.id: other.threads.get_state(c.id) for c in other.threads.walk("t")} == expected
         assert other.threads.get(first.id).tags == ()
         assert other.threads.get_thread("t").metadata == {"customer": "zebra-4711"}
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_rotation_reencrypts_everything_online_and_resumably(tmp_path: Path, backend: str) -> None:
+    ring = KeyRing.generate()
+    url = "memory://" if backend == "memory" else f"sqlite:///{tmp_path}/r.db"
+    store = open_store(url, keyring=ring)
+    try:
+        core = store.checkpoints
+        core.create_thread("t", metadata={"k": "v"})
+        ids = []
+        for i in range(30):
+            ids.append(core.create("t", {"items": [f"item {j}" * 5 for j in range(i + 2)], "doc": "d" * 300, "n": i}).id)
+        store.repository.put_writes("t", ids[-1], [])
+        before = {cid: core.get_state(cid) for cid in ids}
+        assert set(core.keys_in_use()) == {1}
+        store.serializer.keyring = ring.rotated()
+        core.create("t", {"items": ["new"] * 3, "n": 99})
+        assert set(core.keys_in_use()) == {1, 2}
+        first = core.rotate_keys(batch=7)
+        assert first > 30
+        assert set(core.keys_in_use()) == {2}
+        assert core.rotate_keys(batch=7) == 0  # resumable: nothing left to do
+        assert {cid: core.get_state(cid) for cid in ids} == before
+        assert core.get_thread("t").metadata == {"k": "v"}
+        old_ring_only = KeyRing({1: ring.keys[1]}, 1, ring.hash_key)
+        store.serializer.keyring = old_ring_only
+        with pytest.raises(IntegrityError, match="key 2"):
+            core.get_state(ids[0])
+    finally:
+        store.close()
+
+
+def test_rotation_needs_a_key_ring() -> None:
+    with open_store("memory://") as store, pytest.raises(InvalidInput, match="no key ring"):
+        store.checkpoints.rotate_keys()
+    with open_store("memory://") as store:
+        store.checkpoints.create_thread("t")
+        store.checkpoints.create("t", {"a": "x" * 100})
+        assert store.checkpoints.keys_in_use() == {None: 3}

@@ -61,7 +61,7 @@ from threadline.model import (
     validate_id,
     validate_name,
 )
-from threadline.serde import Serializer, array_header
+from threadline.serde import Serializer, array_header, frame_key_id
 from threadline.storage.base import (
     UNSET,
     BlobRef,
@@ -1049,6 +1049,58 @@ class CheckpointDomainService:
             if len(rows) < 500:
                 return
             after = rows[-1].id
+
+    # ------------------------------------------------------------ encryption keys
+
+    def rotate_keys(
+        self,
+        *,
+        batch: int = 500,
+        after: str | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> int:
+        """Re-encrypt every stored frame not encrypted with the key ring's active key.
+
+        Online and resumable: one short transaction per ``batch`` frames, so writers
+        keep going; a run cut short can be resumed (it skips what is already
+        re-encrypted). Returns how many frames were re-encrypted.
+        Raises InvalidInput when the store has no key ring.
+        """
+        ring = self.serializer.keyring
+        if ring is None:
+            raise InvalidInput("this store has no key ring: open it with keyring=... to rotate keys")
+        check_limit(batch)
+
+        def reencrypt(frame: bytes) -> bytes | None:
+            kid = frame_key_id(frame)
+            if kid is None or kid == ring.active:
+                return None
+            return self.serializer.pack(self.serializer.unpack(frame))
+
+        total = 0
+        cursor = after
+        while True:
+            changed, cursor = self.repository.rewrite_frames(reencrypt, after=cursor, limit=batch)
+            total += changed
+            if progress:
+                progress("rotate", total, total)
+            if cursor is None:
+                return total
+
+    def keys_in_use(self, *, batch: int = 1000) -> dict[int | None, int]:
+        """How many stored frames each key id encrypts (None: frames stored unencrypted)."""
+        counts: dict[int | None, int] = {}
+
+        def count(frame: bytes) -> None:
+            kid = frame_key_id(frame)
+            counts[kid] = counts.get(kid, 0) + 1
+            return None
+
+        cursor: str | None = None
+        while True:
+            _, cursor = self.repository.rewrite_frames(count, after=cursor, limit=batch)
+            if cursor is None:
+                return counts
 
     # ------------------------------------------------------------ statistics
 

@@ -28,7 +28,7 @@ resolution rules) are used by every backend so that they cannot drift.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -658,6 +658,20 @@ class CheckpointRepository(abc.ABC):
         """Record a sync point over existing checkpoints (used when restoring backups).
 
         Raises AlreadyExists (label taken), NotFound (session or a member checkpoint).
+        """
+
+    @abc.abstractmethod
+    def rewrite_frames(
+        self, transform: Callable[[bytes], bytes | None], *, after: str | None = None, limit: int = 500
+    ) -> tuple[int, str | None]:
+        """Pass a batch of stored frames through ``transform`` in one transaction.
+
+        Frames are every framed value the store holds: blobs, list items (their
+        CRC is recomputed), checkpoint headers and inline manifest values, thread
+        and session metadata, pending writes. ``transform`` returns a replacement
+        frame or None to keep it. Used for key rotation, online and resumable:
+        returns (frames replaced, the cursor to pass as ``after`` next; None when
+        every frame has been seen).
         """
 
     @abc.abstractmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import secrets
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from threadline.storage.base import (
     CheckpointRow,
     CheckpointWrite,
     GcReport,
+    InlineRef,
     ItemRows,
     LifecycleUpdate,
     ListAppend,
@@ -907,6 +909,94 @@ class MemoryRepository(CheckpointRepository):
             if row.label in points:
                 raise AlreadyExists(f"sync point {row.label!r} already exists in session {row.session_id!r}")
             points[row.label] = row
+
+    # ------------------------------------------------------------ frames (key rotation)
+
+    def rewrite_frames(
+        self, transform: Callable[[bytes], bytes | None], *, after: str | None = None, limit: int = 500
+    ) -> tuple[int, str | None]:
+        with self._lock:
+            slots = self._frame_slots()
+            start = int(after or 0)
+            changed = 0
+            for _, get, put in slots[start : start + limit]:
+                new = transform(get())
+                if new is not None:
+                    put(new)
+                    changed += 1
+            end = start + limit
+            return changed, (str(end) if end < len(slots) else None)
+
+    def _frame_slots(self) -> list[tuple[str, Callable[[], bytes], Callable[[bytes], None]]]:
+        """Every stored frame as (sort key, read, replace), in a stable order."""
+        slots: list[tuple[str, Callable[[], bytes], Callable[[bytes], None]]] = []
+
+        def blob(h: bytes) -> None:
+            slots.append((f"0{h.hex()}", lambda: self._blobs[h], lambda v: self._blobs.__setitem__(h, v)))
+
+        def item(lst: _List, i: int, lid: int) -> None:
+            def put(v: bytes) -> None:
+                lst.items[i] = (zlib.crc32(v), v)
+
+            slots.append((f"1{lid:020d}{i:012d}", lambda: lst.items[i][1], put))
+
+        def header(key: tuple[str, str]) -> None:
+            def put(v: bytes) -> None:
+                self._checkpoints[key] = replace(self._checkpoints[key], header=v)
+
+            slots.append((f"2{key[1]}{key[0]}", lambda: self._checkpoints[key].header, put))
+
+        def inline(key: tuple[str, str], name: str) -> None:
+            def get() -> bytes:
+                ref = self._checkpoints[key].manifest[name]
+                assert isinstance(ref, InlineRef)
+                return ref.data
+
+            def put(v: bytes) -> None:
+                row = self._checkpoints[key]
+                self._checkpoints[key] = replace(row, manifest={**row.manifest, name: InlineRef(v)})
+
+            slots.append((f"3{key[1]}{key[0]}{name}", get, put))
+
+        def thread_meta(t: _Thread, field_name: str) -> None:
+            def put(v: bytes) -> None:
+                t.row = replace(t.row, metadata=v) if field_name == "metadata" else replace(t.row, origin=v)
+
+            slots.append((f"4{t.row.id}{field_name}", lambda: getattr(t.row, field_name), put))
+
+        def session(sid: str) -> None:
+            def put(v: bytes) -> None:
+                self._sessions[sid] = replace(self._sessions[sid], metadata=v)
+
+            slots.append((f"5{sid}", lambda: self._sessions[sid].metadata, put))
+
+        def write(store: dict[tuple[str, int], PendingWrite], wkey: tuple[str, int], where: str) -> None:
+            def put(v: bytes) -> None:
+                store[wkey] = replace(store[wkey], value=v)
+
+            slots.append((f"6{where}{wkey[0]}{wkey[1]:012d}", lambda: store[wkey].value, put))
+
+        for h in self._blobs:
+            blob(h)
+        for lid, lst in self._lists.items():
+            for i in range(len(lst.items)):
+                item(lst, i, lid)
+        for key, row in self._checkpoints.items():
+            header(key)
+            for name, ref in row.manifest.items():
+                if isinstance(ref, InlineRef):
+                    inline(key, name)
+        for t in self._threads.values():
+            thread_meta(t, "metadata")
+            if t.row.origin is not None:
+                thread_meta(t, "origin")
+            for cid, writes in t.writes.items():
+                for wkey in writes:
+                    write(writes, wkey, f"{t.row.id}{cid}")
+        for sid in self._sessions:
+            session(sid)
+        slots.sort(key=lambda s: s[0])
+        return slots
 
     # ------------------------------------------------------------ garbage collection
 

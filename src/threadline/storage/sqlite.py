@@ -17,6 +17,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,6 +55,7 @@ from threadline.storage.base import (
     CheckpointRow,
     CheckpointWrite,
     GcReport,
+    InlineRef,
     ItemRows,
     LifecycleUpdate,
     ListAppend,
@@ -1688,6 +1690,112 @@ class SQLiteRepository(CheckpointRepository):
 
         return self._read(op)
 
+    # ------------------------------------------------------------ frames (key rotation)
+
+    def rewrite_frames(
+        self, transform: Callable[[bytes], bytes | None], *, after: str | None = None, limit: int = 500
+    ) -> tuple[int, str | None]:
+        stage, _, key = (after or "blobs:").partition(":")
+        stages = ["blobs", "items", "checkpoints", "threads", "sessions", "pending_writes"]
+        if stage not in stages:
+            raise InvalidInput(f"frame cursor {after!r} is not one rewrite_frames returned")
+
+        def op(c: sqlite3.Connection) -> tuple[int, str | None]:
+            changed, last = self._rewrite_stage(c, stage, key, transform, limit)
+            if last is not None:
+                return changed, f"{stage}:{last}"
+            following = stages.index(stage) + 1
+            return changed, f"{stages[following]}:" if following < len(stages) else None
+
+        return self._write(op)
+
+    def _rewrite_stage(
+        self,
+        c: sqlite3.Connection,
+        stage: str,
+        key: str,
+        transform: Callable[[bytes], bytes | None],
+        limit: int,
+    ) -> tuple[int, str | None]:
+        """One batch of one table; returns (frames replaced, last key seen or None when done)."""
+        changed = 0
+        if stage in ("blobs", "items", "threads"):
+            table, pk, columns = {
+                "blobs": ("blobs", "bkey", ("data",)),
+                "items": ("items", "rowid", ("data",)),
+                "threads": ("threads", "tkey", ("metadata", "origin")),
+            }[stage]
+            rows = c.execute(
+                f"SELECT {pk}, {', '.join(columns)} FROM {table} WHERE {pk} > ? ORDER BY {pk} LIMIT ?",
+                (int(key or 0), limit),
+            ).fetchall()
+            for row in rows:
+                for column, value in zip(columns, row[1:], strict=True):
+                    new = transform(bytes(value)) if value is not None else None
+                    if new is not None:
+                        extra = ", crc = ?" if stage == "items" else ""
+                        args = (new, zlib.crc32(new)) if stage == "items" else (new,)
+                        c.execute(f"UPDATE {table} SET {column} = ?{extra} WHERE {pk} = ?", (*args, row[0]))
+                        changed += 1
+            return changed, (str(rows[-1][0]) if len(rows) == limit else None)
+        if stage == "sessions":
+            rows = c.execute(
+                "SELECT id, metadata FROM sessions WHERE id > ? ORDER BY id LIMIT ?", (key, limit)
+            ).fetchall()
+            for sid, metadata in rows:
+                new = transform(bytes(metadata))
+                if new is not None:
+                    c.execute("UPDATE sessions SET metadata = ? WHERE id = ?", (new, sid))
+                    changed += 1
+            return changed, (rows[-1][0] if len(rows) == limit else None)
+        if stage == "pending_writes":
+            tkey, _, rest = key.partition("/")
+            rows = c.execute(
+                "SELECT tkey, checkpoint, task_id, idx, value FROM pending_writes "
+                "WHERE (tkey, checkpoint, task_id, idx) > (?, ?, ?, ?) ORDER BY tkey, checkpoint, task_id, idx LIMIT ?",
+                (*_write_cursor(tkey, rest), limit),
+            ).fetchall()
+            for tk, cp, task, idx, value in rows:
+                new = transform(bytes(value))
+                if new is not None:
+                    c.execute(
+                        "UPDATE pending_writes SET value = ? WHERE tkey = ? AND checkpoint = ? AND task_id = ? AND idx = ?",
+                        (new, tk, cp, task, idx),
+                    )
+                    changed += 1
+            if len(rows) < limit:
+                return changed, None
+            tk, cp, task, idx, _ = rows[-1]
+            return changed, f"{tk}/{bytes(cp).hex()}/{idx}/{task}"
+        # checkpoints: headers and inline values of manifests
+        cid_hex, _, tk = key.partition("/")
+        rows = c.execute(
+            "SELECT id, tkey, header, manifest FROM checkpoints WHERE (id, tkey) > (?, ?) ORDER BY id, tkey LIMIT ?",
+            (bytes.fromhex(cid_hex) if cid_hex else b"", int(tk or -1), limit),
+        ).fetchall()
+        for cid, tkey_, header, raw_manifest in rows:
+            new_header = transform(bytes(header))
+            manifest = decode_manifest(bytes(raw_manifest))
+            replaced = {
+                k: InlineRef(n)
+                for k, r in manifest.items()
+                if isinstance(r, InlineRef) and (n := transform(r.data))
+            }
+            if new_header is not None or replaced:
+                c.execute(
+                    "UPDATE checkpoints SET header = ?, manifest = ? WHERE id = ? AND tkey = ?",
+                    (
+                        new_header if new_header is not None else header,
+                        encode_manifest({**manifest, **replaced}),
+                        cid,
+                        tkey_,
+                    ),
+                )
+                changed += (new_header is not None) + len(replaced)
+        if len(rows) < limit:
+            return changed, None
+        return changed, f"{bytes(rows[-1][0]).hex()}/{rows[-1][1]}"
+
     # ------------------------------------------------------------ garbage collection
 
     def _gc_thread(self, c: sqlite3.Connection, tkey: int) -> GcReport:
@@ -1822,3 +1930,11 @@ class SQLiteRepository(CheckpointRepository):
             with contextlib.suppress(FileNotFoundError):
                 total += os.path.getsize(f"{self.path}{suffix}")
         return total
+
+
+def _write_cursor(tkey: str, rest: str) -> tuple[int, bytes, str, int]:
+    """(tkey, checkpoint, task id, index) of a pending-writes cursor ("" = the start)."""
+    if not tkey:
+        return (-1, b"", "", -1)
+    cp_hex, idx, task = rest.split("/", 2)
+    return (int(tkey), bytes.fromhex(cp_hex), task, int(idx))

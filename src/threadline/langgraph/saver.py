@@ -1,0 +1,621 @@
+"""``ThreadlineSaver``: LangGraph's checkpointer interface over a threadline store.
+
+Mapping (see docs/langgraph.md):
+
+* a LangGraph thread is a threadline thread of the same id; each subgraph namespace
+  (``checkpoint_ns``) has its own threadline thread ``<thread id>␟<namespace>`` whose
+  metadata names the LangGraph thread, so whole-thread operations act on all namespaces;
+* a LangGraph checkpoint is a threadline checkpoint with the same id; channel values are
+  top-level state keys (a growing ``messages`` list stores one message per step) and
+  LangGraph's bookkeeping (versions, versions seen, timestamp) is the state key ``~lg``;
+* LangGraph metadata is the checkpoint metadata; ``update_state`` checkpoints are ``manual``;
+* a write continuing a checkpoint that is not the head of its branch (time travel, a new
+  run from a past checkpoint) creates the branch ``fork-<checkpoint id>``;
+* pending writes are stored against their checkpoint; an error write also records an
+  ``error`` checkpoint (on a branch ``error/...``, sharing the failed step's state) that
+  LangGraph never sees but ``threadline log`` and statistics do.
+
+Every method is written once, synchronously; the async methods run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import functools
+import hashlib
+import heapq
+import random
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_checkpoint_id,
+    get_serializable_checkpoint_metadata,
+    writes_sort_key,
+)
+from langgraph.checkpoint.base import Checkpoint as LGCheckpoint
+from langgraph.checkpoint.serde.types import ERROR
+
+from threadline.core import metadata_matches
+from threadline.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from threadline.langgraph.types import register_langgraph_types
+from threadline.model import MAX_ID_LENGTH, CheckpointFilter, CheckpointKind
+from threadline.storage.base import CheckpointRow, PendingWrite
+from threadline.store import Store, open_store
+
+#: Separates a LangGraph thread id from a subgraph namespace in a threadline thread id.
+NS_SEP = "\u241f"
+#: The state key holding LangGraph's bookkeeping; channel names starting with "~" are escaped.
+BOOK = "~lg"
+#: Kinds of the checkpoints LangGraph sees (error checkpoints are threadline's own record).
+LG_KINDS = frozenset({CheckpointKind.AUTO, CheckpointKind.MANUAL})
+_CORE_KEYS = frozenset({"v", "id", "ts", "channel_values", "channel_versions", "versions_seen"})
+_PAGE = 100
+
+
+R = TypeVar("R")
+
+
+def _threaded(fn: Callable[..., R]) -> Callable[..., Coroutine[Any, Any, R]]:
+    """The async twin of a sync method, run in a worker thread (one implementation)."""
+
+    @functools.wraps(fn)
+    async def run(*args: Any, **kwargs: Any) -> R:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    return run
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One put_writes call, encoded."""
+
+    task_id: str
+    special: builtins.list[PendingWrite]
+    regular: builtins.list[PendingWrite]
+    errors: builtins.list[Any]
+
+
+def thread_key(thread_id: str, checkpoint_ns: str = "") -> str:
+    """The threadline thread holding one namespace of a LangGraph thread."""
+    if not isinstance(thread_id, str) or not thread_id:
+        raise InvalidInput(f"LangGraph thread_id must be a non-empty string, got {thread_id!r}")
+    if NS_SEP in thread_id:
+        raise InvalidInput(f"LangGraph thread_id {thread_id!r} must not contain {NS_SEP!r}")
+    if not checkpoint_ns:
+        return thread_id
+    key = f"{thread_id}{NS_SEP}{checkpoint_ns}"
+    if len(key) > MAX_ID_LENGTH:  # deep subgraph paths: name the namespace by its hash
+        key = f"{thread_id}{NS_SEP}#{hashlib.blake2b(checkpoint_ns.encode(), digest_size=12).hexdigest()}"
+    return key
+
+
+def _escape(channel: str) -> str:
+    return "~" + channel if channel.startswith("~") else channel
+
+
+def _unescape(key: str) -> str:
+    return key[1:] if key.startswith("~") else key
+
+
+def _pack_ts(ts: Any) -> Any:
+    """ISO timestamps that round-trip exactly are stored as datetimes (12 bytes, not 32)."""
+    if isinstance(ts, str):
+        try:
+            moment = datetime.fromisoformat(ts)
+        except ValueError:
+            return ts
+        if moment.isoformat() == ts:
+            return moment
+    return ts
+
+
+class ThreadlineSaver(BaseCheckpointSaver[int]):
+    """A LangGraph checkpointer storing into a threadline store (memory, SQLite, PostgreSQL).
+
+    ``ThreadlineSaver(store)`` uses an open store (the caller closes it);
+    :meth:`from_url` opens one that :meth:`close` (or leaving the ``with`` / ``async with``
+    block) closes. LangGraph and langchain-core types are registered on the store's
+    serializer (:func:`~threadline.langgraph.register_langgraph_types`); register your own
+    state classes on ``saver.store.serializer``.
+    """
+
+    def __init__(self, store: Store, *, owns_store: bool = False) -> None:
+        super().__init__()
+        self.store = store
+        self.core = store.checkpoints
+        self.serializer = register_langgraph_types(store.serializer)
+        self._owns_store = owns_store
+        self._known: set[str] = set()
+        #: Writes LangGraph sends before the put of their checkpoint has committed (it puts
+        #: checkpoints in the background): applied by that put. (thread, checkpoint) -> batches
+        self._early: dict[tuple[str, str], builtins.list[_Batch]] = {}
+        self._inflight: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        #: threadline thread -> (last checkpoint written, its branch): the usual parent of the next put
+        self._last: dict[str, tuple[str, str]] = {}
+
+    @classmethod
+    def from_url(cls, url: str | None = None, **options: Any) -> ThreadlineSaver:
+        """Open the store at ``url`` (``memory://``, ``sqlite:///file.db``,
+        ``sqlite:///file.db?synchronous=normal``, ``postgresql://...``) and a saver over it."""
+        return cls(open_store(url, **options), owns_store=True)
+
+    def close(self) -> None:
+        """Close the store if this saver opened it. Idempotent."""
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> ThreadlineSaver:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> ThreadlineSaver:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ threads and namespaces
+
+    def _ensure_thread(self, thread_id: str, checkpoint_ns: str) -> str:
+        key = thread_key(thread_id, checkpoint_ns)
+        if key not in self._known:
+            with contextlib.suppress(AlreadyExists):
+                self.core.create_thread(
+                    key, metadata={"langgraph": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns}}
+                )
+            self._known.add(key)
+        return key
+
+    def namespaces(self, thread_id: str) -> builtins.list[tuple[str, str]]:
+        """(checkpoint_ns, threadline thread id) of every namespace a LangGraph thread has."""
+        root = thread_key(thread_id)
+        found: builtins.list[tuple[str, str]] = []
+        try:
+            self.core.get_thread(root)
+            found.append(("", root))
+        except NotFound:
+            pass
+        prefix = root + NS_SEP
+        cursor: str | None = prefix
+        while cursor is not None:
+            page = self.core.list_threads(cursor=cursor, limit=_PAGE)
+            for thread in page.items:
+                if not thread.id.startswith(prefix):
+                    return found
+                info = thread.metadata.get("langgraph")
+                if isinstance(info, dict) and info.get("thread_id") == thread_id:
+                    found.append((str(info.get("checkpoint_ns", "")), thread.id))
+            cursor = page.next_cursor
+        return found
+
+    def _all_namespaces(self) -> Iterator[tuple[str, str, str]]:
+        """(LangGraph thread id, namespace, threadline thread) of every LangGraph thread."""
+        cursor: str | None = None
+        while True:
+            page = self.core.list_threads(cursor=cursor, limit=500)
+            for thread in page.items:
+                info = thread.metadata.get("langgraph")
+                if isinstance(info, dict) and isinstance(info.get("thread_id"), str):
+                    yield info["thread_id"], str(info.get("checkpoint_ns", "")), thread.id
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def _forget(self, key: str) -> None:
+        self._known.discard(key)
+        self._last.pop(key, None)
+
+    # ------------------------------------------------------------ encoding
+
+    def _encode_state(self, checkpoint: LGCheckpoint, lg_parent: str | None) -> dict[str, Any]:
+        state = {_escape(k): v for k, v in checkpoint["channel_values"].items()}
+        book: dict[str, Any] = {
+            "v": checkpoint["v"],
+            "ts": _pack_ts(checkpoint["ts"]),
+            "cv": checkpoint["channel_versions"],
+            "vs": checkpoint["versions_seen"],
+        }
+        extra = {k: v for k, v in checkpoint.items() if k not in _CORE_KEYS}
+        if extra:
+            book["x"] = extra
+        if lg_parent is not None:
+            book["p"] = lg_parent
+        state[BOOK] = book
+        return state
+
+    def _tuple(
+        self,
+        thread_id: str,
+        checkpoint_ns: str,
+        row: CheckpointRow,
+        writes: Sequence[PendingWrite],
+    ) -> CheckpointTuple:
+        state = self.core.materialize(row)
+        book = state.pop(BOOK, None) or {}
+        ts = book.get("ts", "")
+        checkpoint: dict[str, Any] = {
+            "v": book.get("v", 1),
+            "id": row.id,
+            "ts": ts.isoformat() if isinstance(ts, datetime) else ts,
+            "channel_values": {_unescape(k): v for k, v in state.items()},
+            "channel_versions": book.get("cv", {}),
+            "versions_seen": book.get("vs", {}),
+            **book.get("x", {}),
+        }
+        parent = book.get("p", row.parent_id)
+        base = {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns}
+        return CheckpointTuple(
+            config={"configurable": {**base, "checkpoint_id": row.id}},
+            checkpoint=checkpoint,  # type: ignore[arg-type]
+            metadata=dict(self.core.describe(row).metadata),  # type: ignore[arg-type]
+            parent_config={"configurable": {**base, "checkpoint_id": parent}} if parent else None,
+            pending_writes=self._decode_writes(writes),
+        )
+
+    def _decode_writes(self, writes: Sequence[PendingWrite]) -> builtins.list[tuple[str, str, Any]]:
+        ordered = sorted(writes, key=lambda w: writes_sort_key(w.task_path, w.task_id, w.idx))
+        loads, unpack = self.serializer.loads, self.serializer.unpack
+        return [(w.task_id, w.channel, loads(unpack(w.value))) for w in ordered]
+
+    def _writes_of(self, key: str, ids: Sequence[str]) -> dict[str, builtins.list[PendingWrite]]:
+        return self.store.repository.get_writes(key, ids) if ids else {}
+
+    # ------------------------------------------------------------ reads
+
+    def get_tuple(self, /, config: RunnableConfig) -> CheckpointTuple | None:
+        """The checkpoint ``config`` names, or the newest of its thread and namespace."""
+        conf = config["configurable"]
+        thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
+        key = thread_key(thread_id, ns)
+        checkpoint_id = get_checkpoint_id(config)
+        try:
+            if checkpoint_id:
+                row = self.core.row(checkpoint_id, key)
+                if row.kind not in LG_KINDS:
+                    return None
+            else:
+                rows = self.core.scan(key, CheckpointFilter(kinds=LG_KINDS), limit=1)
+                if not rows:
+                    return None
+                row = rows[0]
+        except (NotFound, InvalidInput):
+            return None
+        return self._tuple(thread_id, ns, row, self._writes_of(key, [row.id]).get(row.id, []))
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        """Checkpoints newest first: of one namespace (``checkpoint_ns`` given), of every
+        namespace of a thread, or of every LangGraph thread (``config`` None)."""
+        if limit is not None and limit <= 0:
+            return
+        if config is None:
+            targets = [(tid, ns, key) for tid, ns, key in self._all_namespaces()]
+        else:
+            conf = config["configurable"]
+            thread_id = conf["thread_id"]
+            if "checkpoint_ns" in conf and conf["checkpoint_ns"] is not None:
+                targets = [(thread_id, conf["checkpoint_ns"], thread_key(thread_id, conf["checkpoint_ns"]))]
+            else:
+                targets = [(thread_id, ns, key) for ns, key in self.namespaces(thread_id)]
+        wanted = CheckpointFilter.build(metadata=filter or None, kinds=builtins.list(LG_KINDS))
+        cursor = get_checkpoint_id(before) if before else None
+        only = get_checkpoint_id(config) if config else None
+        streams = [self._rows(t, wanted, cursor, only, limit) for t in targets]
+        merged = (
+            streams[0] if len(streams) == 1 else heapq.merge(*streams, key=lambda e: e[2].id, reverse=True)
+        )
+        for count, (tid, ns, row, writes) in enumerate(merged, 1):
+            yield self._tuple(tid, ns, row, writes)
+            if limit is not None and count >= limit:
+                return
+
+    def _rows(
+        self,
+        target: tuple[str, str, str],
+        wanted: CheckpointFilter,
+        cursor: str | None,
+        only: str | None,
+        limit: int | None,
+    ) -> Iterator[tuple[str, str, CheckpointRow, builtins.list[PendingWrite]]]:
+        """One namespace's matching rows, newest first, fetched a page at a time with their writes."""
+        thread_id, ns, key = target
+        try:
+            if only is not None:
+                rows = [self.core.row(only, key)]
+                if rows[0].kind not in LG_KINDS or (cursor is not None and rows[0].id >= cursor):
+                    return
+                if wanted.metadata and not metadata_matches(
+                    self.core.describe(rows[0]).metadata, wanted.metadata
+                ):
+                    return
+                pages: Iterator[builtins.list[CheckpointRow]] = iter([rows])
+            else:
+                pages = self._pages(key, wanted, cursor, limit)
+            for page in pages:
+                writes = self._writes_of(key, [r.id for r in page])
+                for row in page:
+                    yield thread_id, ns, row, writes.get(row.id, [])
+        except NotFound:
+            return
+
+    def _pages(
+        self, key: str, wanted: CheckpointFilter, cursor: str | None, limit: int | None
+    ) -> Iterator[builtins.list[CheckpointRow]]:
+        size = min(limit, _PAGE) if limit else _PAGE
+        while True:
+            rows = self.core.scan(key, wanted, limit=size, cursor=cursor)
+            if rows:
+                yield rows
+            if len(rows) < size:
+                return
+            cursor, size = rows[-1].id, _PAGE
+
+    # ------------------------------------------------------------ writes
+
+    def put(
+        self,
+        /,
+        config: RunnableConfig,
+        checkpoint: LGCheckpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """Store a checkpoint as the child of ``config``'s checkpoint (a fork when that one
+        is not the head of its branch any more)."""
+        conf = config["configurable"]
+        thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
+        meta = dict(get_serializable_checkpoint_metadata(config, metadata))
+        self.write_checkpoint(thread_id, ns, conf.get("checkpoint_id"), checkpoint, meta)
+        return {
+            "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}
+        }
+
+    def write_checkpoint(
+        self,
+        thread_id: str,
+        checkpoint_ns: str,
+        parent_id: str | None,
+        checkpoint: LGCheckpoint,
+        metadata: Mapping[str, Any],
+    ) -> bool:
+        """Store one LangGraph checkpoint with exactly this metadata (used by :meth:`put`
+        and the importers). Returns False when a checkpoint with its id was already stored."""
+        key = self._ensure_thread(thread_id, checkpoint_ns)
+        kind = CheckpointKind.MANUAL if metadata.get("source") in ("update", "fork") else CheckpointKind.AUTO
+        cid = checkpoint["id"]
+        branch: str | None = "main"
+        lg_parent: str | None = None
+        if parent_id is not None:
+            last = self._last.get(key)
+            if last is not None and last[0] == parent_id:
+                branch = last[1]
+            else:
+                try:
+                    branch = self.core.row(parent_id, key).branch
+                except NotFound:  # a parent this store never saw: keep LangGraph's link as data
+                    branch, lg_parent, parent_id = None, parent_id, None
+        with self._lock:
+            self._inflight.add((key, cid))
+        try:
+            return self._write(key, cid, kind, branch, parent_id, lg_parent, checkpoint, metadata)
+        finally:
+            with self._lock:
+                self._inflight.discard((key, cid))
+                early = self._early.pop((key, cid), [])
+            for batch in early:
+                self._apply_writes(key, cid, batch)
+
+    def _write(
+        self,
+        key: str,
+        cid: str,
+        kind: CheckpointKind,
+        branch: str | None,
+        parent_id: str | None,
+        lg_parent: str | None,
+        checkpoint: LGCheckpoint,
+        metadata: Mapping[str, Any],
+    ) -> bool:
+        fields: dict[str, Any] = {
+            "state": self._encode_state(checkpoint, lg_parent),
+            "kind": kind,
+            "metadata": metadata,
+            "checkpoint_id": cid,
+        }
+        try:
+            try:
+                if branch is None:
+                    raise Conflict("no branch to continue")
+                stored = self.core.create(key, branch=branch, expected_head=parent_id, **fields)
+            except (Conflict, NotFound):
+                name = f"fork-{cid}" if parent_id is not None else f"root-{cid}"
+                stored = self.core.create(key, branch=name, create_branch_from=parent_id, **fields)
+        except (AlreadyExists, Conflict):
+            if self._exists(key, cid):
+                return False
+            raise
+        self._last[key] = (stored.id, stored.branch)
+        return True
+
+    def _exists(self, key: str, checkpoint_id: str) -> bool:
+        try:
+            self.core.row(checkpoint_id, key)
+            return True
+        except NotFound:
+            return False
+
+    def put_writes(
+        self,
+        /,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        """Store a task's intermediate writes: special channels (error, interrupt, resume,
+        scheduled) replace what the task wrote before, other writes are kept once."""
+        conf = config["configurable"]
+        thread_id, ns, cid = conf["thread_id"], conf.get("checkpoint_ns", ""), conf["checkpoint_id"]
+        key = thread_key(thread_id, ns)
+        special: builtins.list[PendingWrite] = []
+        regular: builtins.list[PendingWrite] = []
+        for idx, (channel, value) in enumerate(writes):
+            stored = repr(value) if isinstance(value, BaseException) else value
+            data = self.serializer.pack(self.serializer.dumps(stored, path=f"writes[{channel!r}]"))
+            write = PendingWrite(task_id, WRITES_IDX_MAP.get(channel, idx), channel, data, task_path)
+            (special if channel in WRITES_IDX_MAP else regular).append(write)
+        errors = [value for channel, value in writes if channel == ERROR]
+        batch = _Batch(task_id, special, regular, errors)
+        try:
+            self._apply_writes(key, cid, batch)
+        except NotFound:
+            with self._lock:
+                if (key, cid) in self._inflight or not self._exists(key, cid):
+                    # its put has not committed yet: that put applies the batch
+                    self._early.setdefault((key, cid), []).append(batch)
+                    return
+            self._apply_writes(key, cid, batch)
+
+    def _apply_writes(self, key: str, cid: str, batch: _Batch) -> None:
+        self.store_writes(key, cid, batch.special, upsert=True)
+        self.store_writes(key, cid, batch.regular, upsert=False)
+        for error in batch.errors:
+            self._record_error(key, cid, batch.task_id, error)
+
+    def store_writes(
+        self, key: str, checkpoint_id: str, writes: Sequence[PendingWrite], *, upsert: bool
+    ) -> None:
+        """Store already encoded writes against a checkpoint of a threadline thread."""
+        if writes:
+            self.store.repository.put_writes(key, checkpoint_id, writes, upsert=upsert)
+
+    def _record_error(self, key: str, checkpoint_id: str, task_id: str, error: Any) -> None:
+        """An ``error`` checkpoint sharing the failed step's state, on its own branch."""
+        digest = hashlib.blake2b(task_id.encode(), digest_size=4).hexdigest()
+        message = (str(error) if isinstance(error, BaseException) else "") or repr(error)
+        with contextlib.suppress(AlreadyExists, Conflict):  # the same task failed again at this step
+            self.core.create(
+                key,
+                None,
+                state_of=self.core.row(checkpoint_id, key),
+                branch=f"error/{checkpoint_id}/{digest}",
+                create_branch_from=checkpoint_id,
+                kind=CheckpointKind.ERROR,
+                error_message=message[:4000],
+                error_type=type(error).__name__ if isinstance(error, BaseException) else "error",
+                metadata={"langgraph_task_id": task_id, "failed_checkpoint": checkpoint_id},
+            )
+
+    # ------------------------------------------------------------ deletion and copies
+
+    def delete_thread(self, /, thread_id: str) -> None:
+        """Delete a LangGraph thread: every namespace, checkpoint and write."""
+        for _, key in self.namespaces(thread_id):
+            with contextlib.suppress(NotFound):
+                self.core.delete_thread(key)
+            self._forget(key)
+
+    def delete_for_runs(self, /, run_ids: Sequence[str]) -> None:
+        """Delete the checkpoints (and their writes) whose metadata ``run_id`` is one of ``run_ids``."""
+        runs = set(run_ids)
+        if not runs:
+            return
+        for _, _, key in builtins.list(self._all_namespaces()):
+            doomed = [cp.id for cp in self.core.iter(key) if cp.metadata.get("run_id") in runs]
+            if doomed:
+                self.core.delete(doomed, thread_id=key)
+                self._last.pop(key, None)
+
+    def copy_thread(self, /, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy every namespace of a thread (checkpoints with their ids, writes, branches) to a
+        new LangGraph thread; values are shared, not duplicated. Raises AlreadyExists when
+        the target thread has checkpoints."""
+        if self.namespaces(target_thread_id):
+            raise AlreadyExists(f"LangGraph thread {target_thread_id!r} already exists; delete it first")
+        for ns, key in self.namespaces(source_thread_id):
+            target = thread_key(target_thread_id, ns)
+            self.store.threads.copy_thread(key, target, keep_ids=True)
+            self.core.update_thread_metadata(
+                target, {"langgraph": {"thread_id": target_thread_id, "checkpoint_ns": ns}}
+            )
+
+    def prune(self, /, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """``keep_latest``: keep only the newest checkpoint of each namespace (with its writes);
+        ``delete``: delete the threads."""
+        if strategy not in ("keep_latest", "delete"):
+            raise InvalidInput(f"unknown prune strategy {strategy!r}; use 'keep_latest' or 'delete'")
+        for thread_id in thread_ids:
+            if strategy == "delete":
+                self.delete_thread(thread_id)
+                continue
+            for _, key in self.namespaces(thread_id):
+                latest = self.core.scan(key, CheckpointFilter(kinds=LG_KINDS), limit=1)
+                doomed = [cp.id for cp in self.core.iter(key) if not latest or cp.id != latest[0].id]
+                if doomed:
+                    self.core.delete(doomed, thread_id=key)
+                    self._last.pop(key, None)
+
+    # ------------------------------------------------------------ versions
+
+    def get_next_version(self, current: Any, channel: None = None) -> Any:
+        """Integer versions (a few bytes per channel per checkpoint). A thread imported with
+        LangGraph's string versions (``"000…05.0.123"``) continues in that format."""
+        if current is None:
+            return 1
+        if isinstance(current, str):
+            return f"{int(current.split('.')[0]) + 1:032}.{random.random():016}"
+        return int(current) + 1
+
+    # ------------------------------------------------------------ async twins (one implementation)
+
+    aget_tuple = _threaded(get_tuple)
+    aput = _threaded(put)
+    aput_writes = _threaded(put_writes)
+    adelete_thread = _threaded(delete_thread)
+    adelete_for_runs = _threaded(delete_for_runs)
+    acopy_thread = _threaded(copy_thread)
+    aprune = _threaded(prune)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        """:meth:`list`, run in a worker thread (collected, then yielded)."""
+        items = await asyncio.to_thread(
+            lambda: builtins.list(self.list(config, filter=filter, before=before, limit=limit))
+        )
+        for item in items:
+            yield item
+
+
+__all__ = ["BOOK", "NS_SEP", "ThreadlineSaver", "thread_key"]
