@@ -124,7 +124,11 @@ def test_rotation_reencrypts_everything_online_and_resumably(tmp_path: Path, bac
         core.create_thread("t", metadata={"k": "v"})
         ids = []
         for i in range(30):
-            ids.append(core.create("t", {"items": [f"item {j}" * 5 for j in range(i + 2)], "doc": "d" * 300, "n": i}).id)
+            ids.append(
+                core.create(
+                    "t", {"items": [f"item {j}" * 5 for j in range(i + 2)], "doc": "d" * 300, "n": i}
+                ).id
+            )
         store.repository.put_writes("t", ids[-1], [])
         before = {cid: core.get_state(cid) for cid in ids}
         assert set(core.keys_in_use()) == {1}
