@@ -14,6 +14,8 @@ with every value, and they do not change when a library moves a class between mo
 from __future__ import annotations
 
 import collections
+import copy
+import functools
 import ipaddress
 import pathlib
 from collections.abc import Callable
@@ -48,13 +50,70 @@ LANGGRAPH_DATACLASSES: tuple[tuple[str, str], ...] = (
 
 
 def _model_hooks(cls: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
-    """A model is stored as its non-default fields: a plain message costs its content and id,
-    not a dozen empty fields, and loads back equal (defaults are filled in by the model)."""
+    """A model is stored as its non-default fields (plus extra fields): a plain message
+    costs its content and id, not a dozen empty fields, and loads back equal.
+
+    Fields are read from the instance and restored with ``model_construct`` (no
+    re-validation: the values are the model's own, read back from a verified store).
+    This is about ten times faster than ``model_dump``/``model_validate`` for messages,
+    which matters because a chat's whole message list is serialized on every put.
+    """
+    defaults = {
+        name: field.get_default(call_default_factory=True)
+        for name, field in cls.model_fields.items()
+        if not field.is_required()
+    }
+    required = {name for name, field in cls.model_fields.items() if field.is_required()}
 
     def to_data(value: Any) -> Any:
-        return value.model_dump(mode="python", exclude_defaults=True, by_alias=True)
+        data = {
+            name: v
+            for name, v in value.__dict__.items()
+            if name in required or name not in defaults or not _same(v, defaults[name])
+        }
+        extra = value.__pydantic_extra__
+        if extra:
+            data.update(extra)
+        return data
 
-    return to_data, cls.model_validate
+    fields = cls.model_fields
+    # how to make each missing field's default (fresh mutable values, as pydantic does)
+    fill: dict[str, Callable[[], Any]] = {}
+    for name, field in fields.items():
+        if field.default_factory is not None:
+            fill[name] = field.default_factory
+        elif isinstance(field.default, list | dict | set):
+            fill[name] = functools.partial(copy.deepcopy, field.default)
+        else:
+            fill[name] = functools.partial(lambda v: v, field.default)
+    allow_extra = cls.model_config.get("extra") == "allow"
+    private = getattr(cls, "__private_attributes__", {})
+
+    def from_data(data: Any) -> Any:
+        # What model_construct does, without its per-call signature inspection (slow here).
+        if not isinstance(data, dict):
+            raise TypeError(f"{cls.__name__} data must be a mapping")
+        missing = required - data.keys()
+        if missing:
+            raise TypeError(f"{cls.__name__} data lacks {sorted(missing)}")
+        values = {name: data[name] if name in data else fill[name]() for name in fields}
+        extra = {k: v for k, v in data.items() if k not in fields}
+        if extra and not allow_extra:
+            raise TypeError(f"{cls.__name__} has no fields {sorted(extra)}")
+        obj = cls.__new__(cls)
+        object.__setattr__(obj, "__dict__", values)
+        object.__setattr__(obj, "__pydantic_fields_set__", set(data.keys() & fields.keys()))
+        object.__setattr__(obj, "__pydantic_extra__", extra if allow_extra else None)
+        object.__setattr__(
+            obj, "__pydantic_private__", {k: a.get_default() for k, a in private.items()} if private else None
+        )
+        return obj
+
+    return to_data, from_data
+
+
+def _same(value: Any, default: Any) -> bool:
+    return type(value) is type(default) and bool(value == default)
 
 
 def _register_stdlib(serializer: Serializer) -> None:
