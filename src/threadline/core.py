@@ -788,31 +788,67 @@ class CheckpointDomainService:
         return self._checkpoint(row), self.materialize(row)
 
     def materialize(self, row: CheckpointRow) -> dict[str, Any]:
-        """Decode a stored row's state (used by the layers above for bulk reads)."""
-        blob_hashes = [r.hash for r in row.manifest.values() if isinstance(r, BlobRef)]
-        blobs = self.repository.get_blobs(blob_hashes) if blob_hashes else {}
-        state: dict[str, Any] = {}
-        try:
-            for key, ref in row.manifest.items():
-                if isinstance(ref, InlineRef):
-                    state[key] = self.serializer.loads(self.serializer.unpack(ref.data))
-                elif isinstance(ref, BlobRef):
-                    framed = blobs.get(ref.hash)
-                    if framed is None:
-                        raise IntegrityError(
-                            f"checkpoint {row.id}: value of {key!r} is missing (blob {ref.hash.hex()})"
-                        )
-                    data = self.serializer.unpack(bytes(framed))
-                    if self.serializer.content_hash(data) != ref.hash:
-                        raise IntegrityError(
-                            f"checkpoint {row.id}: value of {key!r} does not match its hash {ref.hash.hex()}"
-                        )
-                    state[key] = self.serializer.loads(data)
-                else:
-                    state[key] = self.serializer.loads_items(self._read_list_raw(ref, row.id))
-        except SerializationError as exc:
-            raise IntegrityError(f"checkpoint {row.id}: stored state cannot be decoded ({exc})") from exc
-        return state
+        """Decode a stored row's state, verified against its hashes and checksums."""
+        return self.materialize_many([row])[0]
+
+    def materialize_many(self, rows: Sequence[CheckpointRow]) -> builtins.list[dict[str, Any]]:
+        """Decode the states of several rows, reading and decoding each stored value once.
+
+        Checkpoints of one thread share most of their values (a list prefix, a
+        constant blob): each list is read once at the longest length any row needs
+        and each blob once, so listing 10 checkpoints of a long chat costs about one
+        state, not ten. States of one call may share value objects (list items,
+        blob values); copy before mutating them in place.
+
+        Raises IntegrityError (naming the checkpoint) when stored bytes do not match.
+        """
+        wanted_blobs = {r.hash for row in rows for r in row.manifest.values() if isinstance(r, BlobRef)}
+        raw_blobs = self.repository.get_blobs(wanted_blobs) if wanted_blobs else {}
+        longest: dict[int, tuple[int, str]] = {}
+        for row in rows:
+            for ref in row.manifest.values():
+                if isinstance(ref, ListRef) and ref.length > longest.get(ref.list_id, (-1, ""))[0]:
+                    longest[ref.list_id] = (ref.length, row.id)
+        blobs: dict[bytes, Any] = {}
+        lists: dict[int, builtins.list[Any]] = {}
+        states: builtins.list[dict[str, Any]] = []
+        share = len(rows) > 1  # one state never aliases values between its own keys
+        for row in rows:
+            if not share:
+                blobs.clear()
+                lists.clear()
+            state: dict[str, Any] = {}
+            try:
+                for key, ref in row.manifest.items():
+                    if isinstance(ref, InlineRef):
+                        state[key] = self.serializer.loads(self.serializer.unpack(ref.data))
+                    elif isinstance(ref, BlobRef):
+                        if ref.hash not in blobs:
+                            blobs[ref.hash] = self._load_blob(row.id, key, ref, raw_blobs.get(ref.hash))
+                        state[key] = blobs[ref.hash] if share else blobs.pop(ref.hash)
+                    else:
+                        if ref.list_id not in lists:
+                            length, owner = longest[ref.list_id] if share else (ref.length, row.id)
+                            raw = self._read_list_raw(ListRef(ref.list_id, length), owner)
+                            lists[ref.list_id] = self.serializer.loads_items(raw)
+                        items = lists[ref.list_id] if share else lists.pop(ref.list_id)
+                        state[key] = items[: ref.length]
+            except SerializationError as exc:
+                raise IntegrityError(f"checkpoint {row.id}: stored state cannot be decoded ({exc})") from exc
+            states.append(state)
+        return states
+
+    def _load_blob(self, checkpoint_id: str, key: str, ref: BlobRef, framed: bytes | None) -> Any:
+        if framed is None:
+            raise IntegrityError(
+                f"checkpoint {checkpoint_id}: value of {key!r} is missing (blob {ref.hash.hex()})"
+            )
+        data = self.serializer.unpack(bytes(framed))
+        if self.serializer.content_hash(data) != ref.hash:
+            raise IntegrityError(
+                f"checkpoint {checkpoint_id}: value of {key!r} does not match its hash {ref.hash.hex()}"
+            )
+        return self.serializer.loads(data)
 
     def list(
         self,
@@ -1101,6 +1137,28 @@ class CheckpointDomainService:
             _, cursor = self.repository.rewrite_frames(count, after=cursor, limit=batch)
             if cursor is None:
                 return counts
+
+    def unreadable_keys(self, *, batch: int = 1000) -> dict[int, str]:
+        """Key ids in use that the store's key ring cannot decrypt, with the reason
+        ({} when it reads them all). One frame of each key id in use is decrypted; reads only."""
+        tried: set[int] = set()
+        problems: dict[int, str] = {}
+
+        def probe(frame: bytes) -> None:
+            kid = frame_key_id(frame)
+            if kid is not None and kid not in tried:
+                tried.add(kid)
+                try:
+                    self.serializer.unpack(frame)
+                except (SerializationError, InvalidInput) as exc:
+                    problems[kid] = str(exc)
+            return None
+
+        cursor: str | None = None
+        while True:
+            _, cursor = self.repository.rewrite_frames(probe, after=cursor, limit=batch)
+            if cursor is None:
+                return problems
 
     # ------------------------------------------------------------ statistics
 

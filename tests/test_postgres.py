@@ -1,0 +1,513 @@
+"""PostgreSQL backend: the conformance suite, URLs and schemas, migrations, query plans, faults.
+
+Needs a server (THREADLINE_TEST_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/test);
+skipped without one unless CI is set. Writers in several processes: test_postgres_processes.py.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import psycopg.sql
+import psycopg_pool
+import pytest
+
+from conftest import with_schema
+from threadline import InvalidInput, SchemaError, StorageError, Store, open_store
+from threadline.errors import Conflict
+from threadline.storage.base import GcReport, ListRef, SyncPointRow
+from threadline.storage.postgres import PostgresRepository
+from threadline.testing import PartCounts, StoreConformance, StoreFactory
+from threadline.testing.conformance import message
+
+pytestmark = pytest.mark.postgres
+
+
+def repo_of(store: Store) -> PostgresRepository:
+    assert isinstance(store.repository, PostgresRepository)
+    return store.repository
+
+
+class TestPostgres(StoreConformance):
+    @pytest.fixture
+    def store_factory(self, postgres_factory: StoreFactory) -> StoreFactory:
+        return postgres_factory
+
+    def stored_parts(self, store: Store) -> PartCounts:
+        repo = repo_of(store)
+        return {
+            t: repo._query(f"SELECT count(*) FROM {{s}}.{t}")[0][0]
+            for t in ("blobs", "thread_blobs", "lists", "items")
+        }
+
+
+@pytest.fixture
+def admin(postgres_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A separate autocommit connection to the test database."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def schema_url(postgres_url: str, admin: psycopg.Connection[Any]) -> Iterator[str]:
+    """The URL of a fresh schema (not created yet), dropped at teardown."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    yield with_schema(postgres_url, name)
+    admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+# ---------------------------------------------------------------- packaging
+
+
+def test_import_threadline_does_not_import_psycopg() -> None:
+    code = "import sys, threadline; assert not [m for m in sys.modules if m.startswith('psycopg')], 'psycopg'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- URLs, connection failures
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "postgresql://127.0.0.1:notaport/test",
+        "postgresql://127.0.0.1/test?schema=bad-name",
+        "postgresql://127.0.0.1/test?schema=",
+        "postgresql://127.0.0.1/test?pool_max=lots",
+        "postgresql://127.0.0.1/test?pool_min=5&pool_max=2",
+        "postgresql://127.0.0.1/test?no_such_libpq_option=1",
+    ],
+)
+def test_malformed_urls_are_invalid_input(bad: str) -> None:
+    with pytest.raises(InvalidInput):
+        open_store(bad)
+
+
+def test_missing_database_is_a_clear_storage_error(postgres_url: str) -> None:
+    url = postgres_url.rsplit("/", 1)[0] + f"/no_such_db_{uuid.uuid4().hex[:6]}"
+    with pytest.raises(StorageError, match=r"database .* does not exist.*createdb"):
+        open_store(url)
+
+
+def test_unknown_role_is_a_clear_storage_error(postgres_url: str) -> None:
+    host = postgres_url.split("@", 1)[1]
+    with pytest.raises(StorageError, match=r"role .* does not exist"):
+        open_store(f"postgresql://nobody_{uuid.uuid4().hex[:6]}@{host}")
+
+
+def test_unreachable_server_is_a_clear_storage_error() -> None:
+    with pytest.raises(StorageError, match=r"server running"):
+        open_store("postgresql://postgres@127.0.0.1:1/test?connect_timeout=2")
+
+
+@pytest.fixture
+def password_refusing_server() -> Iterator[int]:
+    """A TCP server speaking just enough of the PostgreSQL protocol to refuse a password
+    (the test cluster trusts every local connection, so it cannot refuse one itself)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                while True:
+                    size = struct.unpack("!i", conn.recv(4))[0]
+                    code = struct.unpack("!i", conn.recv(size - 4)[:4])[0]
+                    if code in (80877103, 80877104):  # SSLRequest, GSSENCRequest: not offered
+                        conn.sendall(b"N")
+                        continue
+                    conn.sendall(struct.pack("!ci", b"R", 8) + struct.pack("!i", 3))  # cleartext password
+                    conn.recv(4096)
+                    fields = b'SFATAL\0C28P01\0Mpassword authentication failed for user "someone"\0\0'
+                    conn.sendall(b"E" + struct.pack("!i", len(fields) + 4) + fields)
+                    break
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    listener.close()
+
+
+def test_wrong_password_is_a_clear_storage_error_and_is_not_shown(password_refusing_server: int) -> None:
+    url = f"postgresql://someone:s3cret@127.0.0.1:{password_refusing_server}/test?sslmode=disable"
+    with pytest.raises(StorageError, match=r"password authentication failed.*check the user name") as info:
+        open_store(url)
+    assert "s3cret" not in str(info.value)
+
+
+def test_shown_url_hides_the_password(schema_url: str) -> None:
+    url = schema_url.replace("postgres@", "postgres:hunter2@", 1)
+    with open_store(url) as store:
+        assert "hunter2" not in store.url and ":***@" in store.url
+
+
+# ---------------------------------------------------------------- schemas and migrations
+
+
+def test_schemas_keep_stores_apart_in_one_database(postgres_factory: StoreFactory) -> None:
+    a, b = postgres_factory(), postgres_factory()
+    a.checkpoints.create_thread("t")
+    a.checkpoints.create("t", {"x": 1})
+    assert [t.id for t in a.checkpoints.list_threads().items] == ["t"]
+    assert b.checkpoints.list_threads().items == []
+    b.checkpoints.create_thread("t")  # the same id in another store
+    assert b.checkpoints.latest("t") is None
+
+
+def test_schema_is_created_and_migrated_once(schema_url: str, admin: psycopg.Connection[Any]) -> None:
+    for _ in range(2):
+        with open_store(schema_url) as store:
+            assert repo_of(store).schema_version() == 3
+            schema = repo_of(store).schema
+    tables = admin.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema,)).fetchone()
+    assert tables is not None and tables[0] == 12
+
+
+def test_newer_schema_is_refused(schema_url: str) -> None:
+    with open_store(schema_url) as store:
+        store.checkpoints.create_thread("t")
+        repo = repo_of(store)
+        repo._write(lambda c: repo._x(c, "UPDATE {s}.threadline_meta SET value = '99'"))
+    with pytest.raises(SchemaError, match="newer threadline"):
+        open_store(schema_url)
+
+
+def test_schema_of_another_application_is_refused_untouched(
+    postgres_url: str, admin: psycopg.Connection[Any]
+) -> None:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin.execute(f'CREATE SCHEMA "{name}"')
+    admin.execute(f'CREATE TABLE "{name}".checkpoints (thread_id text, data jsonb)')
+    try:
+        with pytest.raises(SchemaError, match="not a threadline store"):
+            open_store(with_schema(postgres_url, name))
+        tables = admin.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (name,)).fetchall()
+        assert tables == [("checkpoints",)]
+    finally:
+        admin.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+def test_value_columns_are_stored_without_toast_compression(schema_url: str) -> None:
+    with open_store(schema_url) as store:
+        repo = repo_of(store)
+        rows = repo._query(
+            "SELECT c.relname, a.attname, a.attstorage FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND a.attname IN ('data', 'value') "
+            "AND c.relname <> 'threadline_meta'",
+            (repo.schema,),
+        )
+    assert sorted((r[0], r[1], r[2]) for r in rows) == [
+        ("blobs", "data", "e"),
+        ("items", "data", "e"),
+        ("pending_writes", "value", "e"),
+    ]
+
+
+# ---------------------------------------------------------------- existing connections and pools
+
+
+def test_existing_connection_is_used_and_left_as_it_was(postgres_url: str, schema_url: str) -> None:
+    schema = schema_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(postgres_url) as conn:  # not autocommit
+        repo = PostgresRepository(connection=conn, schema=schema)
+        store = Store(repo)
+        store.checkpoints.create_thread("t")
+        cp = store.checkpoints.create("t", {"msgs": [message(i) for i in range(5)]})
+        assert store.checkpoints.get_state(cp.id)["msgs"][4] == message(4)
+        store.close()
+        assert not conn.closed and conn.autocommit is False
+    with open_store(schema_url) as other:
+        assert other.checkpoints.latest("t") is not None
+
+
+def test_existing_pool_is_used_and_not_closed(postgres_url: str, schema_url: str) -> None:
+    schema = schema_url.rsplit("schema=", 1)[1]
+    with psycopg_pool.ConnectionPool(postgres_url, min_size=1, max_size=4) as pool:
+        store = Store(PostgresRepository(pool=pool, schema=schema))
+        store.checkpoints.create_thread("t")
+        store.checkpoints.create("t", {"a": 1})
+        assert store.checkpoints.stats().checkpoints == 1
+        store.close()
+        assert not pool.closed
+        with pool.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_give_exactly_one_source() -> None:
+    with pytest.raises(InvalidInput):
+        PostgresRepository()
+
+
+# ---------------------------------------------------------------- query plans without statistics
+
+
+def _plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+def _scans(
+    conn: psycopg.Connection[Any], sql: str, types: str, args: tuple[Any, ...]
+) -> list[tuple[str, str]]:
+    """(node type, relation or index) of every scan, for the custom and the generic plan."""
+    numbered = sql
+    for i in range(1, sql.count("%s") + 1):
+        numbered = numbered.replace("%s", f"${i}", 1)
+    out: list[tuple[str, str]] = []
+    for mode in ("force_custom_plan", "force_generic_plan"):
+        conn.execute(f"SET plan_cache_mode = {mode}")
+        conn.execute(f"PREPARE q({types}) AS {numbered}")
+        try:
+            values = psycopg.sql.SQL(", ").join(
+                psycopg.sql.SQL("{}::{}").format(psycopg.sql.Literal(str(a)), psycopg.sql.SQL(t.strip()))
+                for a, t in zip(args, types.split(","), strict=True)
+            )
+            raw = conn.execute(
+                psycopg.sql.SQL("EXPLAIN (FORMAT JSON) EXECUTE q({})").format(values)
+            ).fetchone()
+        finally:
+            conn.execute("DEALLOCATE q")
+        assert raw is not None
+        plan = raw[0] if isinstance(raw[0], list) else json.loads(raw[0])
+        for node in _plan_nodes(plan[0]["Plan"]):
+            if "Scan" in node["Node Type"]:
+                out.append((node["Node Type"], node.get("Index Name") or node.get("Relation Name", "")))
+    return out
+
+
+def test_reads_use_primary_keys_on_tables_without_statistics(
+    postgres_factory: StoreFactory, postgres_url: str, admin: psycopg.Connection[Any]
+) -> None:
+    store = postgres_factory()
+    repo = repo_of(store)
+    cps = store.checkpoints
+    cps.create_thread("deep")
+    for _ in range(6):  # 1,200 checkpoints: enough pages that a sequential scan would show
+        cps.create_many([{"thread_id": "deep", "state": {"n": i, "doc": "x" * 300}} for i in range(200)])
+    latest = cps.latest("deep")
+    assert latest is not None
+    analyzed = admin.execute(
+        "SELECT count(*) FROM pg_stat_user_tables WHERE schemaname = %s "
+        "AND (last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL)",
+        (repo.schema,),
+    ).fetchone()
+    assert analyzed == (0,), "the tables must be without statistics for this test"
+    cid = uuid.UUID(latest.id)
+    checks = {
+        "get checkpoint": (repo.GET_CHECKPOINT_SQL, "uuid, text", (cid, "deep"), "checkpoints_pkey"),
+        "branch head": (repo.GET_BRANCH_SQL, "text, text", ("main", "deep"), "branches_tkey_name_key"),
+        "write lock": (repo.LOCK_BRANCH_SQL, "text, text", ("main", "deep"), "branches_tkey_name_key"),
+    }
+    for name, (sql, types, args, index) in checks.items():
+        scans = _scans(admin, repo._sql(sql), types, args)
+        assert ("Index Scan", index) in scans, f"{name}: {scans}"
+        assert ("Index Scan", "threads_id_key") in scans, f"{name}: {scans}"
+        assert not [s for s in scans if s[0] == "Seq Scan"], f"{name} scans a table: {scans}"
+
+
+def test_list_reads_use_the_item_key_on_tables_without_statistics(
+    postgres_factory: StoreFactory, admin: psycopg.Connection[Any]
+) -> None:
+    store = postgres_factory()
+    repo = repo_of(store)
+    store.checkpoints.create_thread("t")
+    msgs: list[Any] = []
+    for i in range(300):
+        msgs.append(message(i, 700))
+        cp = store.checkpoints.create("t", {"msgs": msgs})
+    ref = repo.get_checkpoint(cp.id, "t").manifest["msgs"]
+    assert isinstance(ref, ListRef)
+    sql = (
+        repo._sql(repo.GET_ITEMS_SQL)
+        .replace("%(n)s", "%s", 1)
+        .replace("%(l)s", "%s", 1)
+        .replace("%(hops)s", "%s")
+    )
+    scans = _scans(admin, sql, "int, bigint, int", (300, ref.list_id, 6))
+    assert ("Index Scan", "items_pkey") in scans, scans
+    assert not [s for s in scans if s == ("Seq Scan", "items")], scans
+
+
+# ---------------------------------------------------------------- concurrency in one process
+
+
+def test_sync_point_writes_all_or_nothing(postgres_factory: StoreFactory) -> None:
+    store = postgres_factory()
+    repo, cps = repo_of(store), store.checkpoints
+    repo.create_session("s", created_at=1, metadata=b"", owner=None, policy=None)
+    for tid in ("a", "b"):
+        cps.create_thread(tid)
+        cps.create(tid, {"v": 0})
+    before = {tid: [c.id for c in cps.iter(tid)] for tid in ("a", "b")}
+    point = SyncPointRow("s", "p1", 1, ())
+    with pytest.raises(Conflict):
+        cps.create_many(
+            [
+                {"thread_id": "a", "state": {"v": 1}},
+                {"thread_id": "b", "state": {"v": 1}, "expected_head": str(uuid.uuid4())},
+            ],
+            sync_point=point,
+        )
+    assert {tid: [c.id for c in cps.iter(tid)] for tid in ("a", "b")} == before
+    assert repo.list_sync_points("s") == []
+    rows = cps.create_many(
+        [{"thread_id": "a", "state": {"v": 2}}, {"thread_id": "b", "state": {"v": 2}}], sync_point=point
+    )
+    stored = repo.get_sync_point("s", "p1")
+    assert stored.members == (("a", rows[0].id), ("b", rows[1].id))
+
+
+def test_cleanup_of_one_thread_never_waits_on_writers_of_another(
+    postgres_factory: StoreFactory, admin: psycopg.Connection[Any]
+) -> None:
+    """A collection holds its thread row locked; writers of other threads go on meanwhile."""
+    store = postgres_factory()
+    repo, cps = repo_of(store), store.checkpoints
+    for tid in ("busy", "other"):
+        cps.create_thread(tid)
+        cps.create(tid, {"msgs": [message(i) for i in range(10)], "doc": "d" * 3000})
+    admin.execute("BEGIN")
+    admin.execute(
+        repo._sql("SELECT 1 FROM {s}.threads WHERE id = 'busy' FOR UPDATE")
+    )  # as a long cleanup does
+    try:
+        t0 = time.monotonic()
+        cps.create("other", {"msgs": [message(i) for i in range(11)], "doc": "d" * 3000})
+        assert time.monotonic() - t0 < 2
+    finally:
+        admin.execute("ROLLBACK")
+
+
+# ---------------------------------------------------------------- faults
+
+
+def _blocked_by(admin: psycopg.Connection[Any], blocker: int, timeout: float = 10) -> int:
+    """The pid of the backend waiting on a lock that ``blocker`` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (blocker,)
+        ).fetchone()
+        if row:
+            return int(row[0])
+        time.sleep(0.02)
+    raise AssertionError("no backend got blocked")
+
+
+def test_connection_killed_before_commit_is_retried(
+    postgres_factory: StoreFactory, postgres_url: str
+) -> None:
+    store = postgres_factory()
+    repo, cps = repo_of(store), store.checkpoints
+    cps.create_thread("t")
+    first = cps.create("t", {"n": 0})
+    with (
+        psycopg.connect(postgres_url, autocommit=True) as locker,
+        psycopg.connect(postgres_url, autocommit=True) as admin,
+    ):
+        locker.execute("BEGIN")
+        locker.execute(repo._sql("SELECT 1 FROM {s}.branches WHERE name = 'main' FOR UPDATE"))
+        result: dict[str, Any] = {}
+        writer = threading.Thread(target=lambda: result.update(cp=cps.create("t", {"n": 1})))
+        writer.start()
+        victim = _blocked_by(admin, locker.info.backend_pid)
+        admin.execute("SELECT pg_terminate_backend(%s)", (victim,))
+        _blocked_by(admin, locker.info.backend_pid)  # the retry waits for the lock again
+        locker.execute("COMMIT")
+        writer.join(timeout=30)
+    assert result["cp"].parent_id == first.id
+    assert [c.id for c in cps.iter("t")] == [result["cp"].id, first.id]
+
+
+def test_connection_killed_while_committing_stores_nothing(
+    postgres_factory: StoreFactory, postgres_url: str
+) -> None:
+    store = postgres_factory()
+    repo, cps = repo_of(store), store.checkpoints
+    cps.create_thread("t")
+    msgs = [message(i) for i in range(20)]
+    first = cps.create("t", {"msgs": msgs, "doc": "a" * 3000})
+    repo.collect_garbage()
+    before = TestPostgres().stored_parts(store)
+    fixed = str(uuid.uuid4())
+    with (
+        psycopg.connect(postgres_url, autocommit=True) as blocker,
+        psycopg.connect(postgres_url, autocommit=True) as admin,
+    ):
+        # An uncommitted row with the same key makes the write wait in its last round trip (COMMIT sent).
+        blocker.execute("BEGIN")
+        blocker.execute(
+            repo._sql(
+                "INSERT INTO {s}.checkpoints (tkey, bkey, created_at, logical_size, stored_size, id, kind, "
+                "header, manifest) SELECT tkey, 0, 0, 0, 0, %s, 0, '', '' FROM {s}.threads WHERE id = 't'"
+            ),
+            (uuid.UUID(fixed),),
+        )
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                cps.create("t", {"msgs": [*msgs, message(20)], "doc": "b" * 3000}, checkpoint_id=fixed)
+            except BaseException as exc:
+                errors.append(exc)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        victim = _blocked_by(admin, blocker.info.backend_pid)
+        admin.execute("SELECT pg_terminate_backend(%s)", (victim,))
+        writer.join(timeout=30)
+        blocker.execute("ROLLBACK")
+    assert len(errors) == 1 and isinstance(errors[0], StorageError), errors
+    assert "stored whole or not at all" in str(errors[0])
+    assert [c.id for c in cps.iter("t")] == [first.id]
+    assert repo.get_branch("t", "main").head == first.id
+    assert repo.collect_garbage() == GcReport()
+    assert TestPostgres().stored_parts(store) == before
+    nxt = cps.create("t", {"msgs": [*msgs, message(20)]})  # the store and the pool work on
+    assert nxt.parent_id == first.id
+
+
+def test_pool_survives_all_its_connections_being_terminated(
+    schema_url: str, admin: psycopg.Connection[Any]
+) -> None:
+    app = f"tl_{uuid.uuid4().hex[:10]}"
+    with open_store(f"{schema_url}&application_name={app}&pool_min=3&pool_max=3") as store:
+        cps = store.checkpoints
+        cps.create_thread("t")
+        for i in range(5):
+            cps.create("t", {"n": i})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+                (app,),
+            ).fetchone()
+            if killed and killed[0] >= 3:
+                break
+            time.sleep(0.05)
+        time.sleep(0.2)
+        for i in range(5, 15):  # reads and writes go on, on fresh connections
+            cps.create("t", {"n": i})
+            latest = cps.latest("t")
+            assert latest is not None and cps.get_state(latest.id) == {"n": i}
+        assert cps.stats().checkpoints == 15
