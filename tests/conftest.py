@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -74,3 +74,29 @@ def postgres_factory(postgres_url: str) -> Iterator[StoreFactory]:
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         for schema in schemas:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str, str], str]]:
+    """``backend_url(kind, name)``: a fresh store URL of a backend kind (memory, sqlite, postgres).
+
+    PostgreSQL stores get their own schema, dropped at teardown.
+    """
+    schemas: list[str] = []
+
+    def make(kind: str, name: str = "t") -> str:
+        if kind == "memory":
+            return "memory://"
+        if kind == "sqlite":
+            return f"sqlite:///{tmp_path}/{name}.db"
+        base = request.getfixturevalue("postgres_url")
+        schemas.append(f"t_{uuid.uuid4().hex[:16]}")
+        return with_schema(base, schemas[-1])
+
+    yield make
+    if schemas:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            for schema in schemas:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -4,7 +4,7 @@ every malformed or tampered archive before anything is written."""
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from threadline.errors import ArchiveError, Conflict, InvalidInput, LimitExceede
 from threadline.serde import Serializer
 from threadline.store import Store
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "postgres"]
 BIG = "y" * 500
 
 
@@ -29,14 +29,14 @@ def _url(kind: str, tmp_path: Path, name: str) -> str:
 
 
 @pytest.fixture(params=BACKENDS)
-def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    with open_store(_url(request.param, tmp_path, "source")) as s:
+def source(request: pytest.FixtureRequest, backend_url: Callable[[str, str], str]) -> Iterator[Store]:
+    with open_store(backend_url(request.param, "source")) as s:
         yield s
 
 
 @pytest.fixture(params=BACKENDS)
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    with open_store(_url(request.param, tmp_path, "target")) as s:
+def target(request: pytest.FixtureRequest, backend_url: Callable[[str, str], str]) -> Iterator[Store]:
+    with open_store(backend_url(request.param, "target")) as s:
         yield s
 
 

@@ -8,7 +8,7 @@ Every test takes the ``store_url`` fixture, so a PostgreSQL URL can be added to
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,14 +28,14 @@ from threadline.model import CheckpointKind, CheckpointStatus
 from threadline.sessions import SessionCheckpointManager
 from threadline.store import Store
 
-SESSION_BACKENDS = ["memory", "sqlite"]
+SESSION_BACKENDS = ["memory", "sqlite", "postgres"]
 BIG = "x" * 400
 LATER = datetime.now(UTC) + timedelta(days=365)
 
 
 @pytest.fixture(params=SESSION_BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/s.db"
+def store_url(request: pytest.FixtureRequest, backend_url: Callable[[str, str], str]) -> str:
+    return backend_url(request.param, "s")
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ restore, diff, collaboration, share and copy, on every embedded backend."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from threadline.storage.base import BlobRef
 from threadline.store import Store
 from threadline.threads import Role, ThreadCheckpointService
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "postgres"]
 BIG = "x" * 400  # stored as a blob (above the inline limit)
 
 
@@ -35,8 +35,8 @@ def _url(kind: str, tmp_path: Path, name: str = "t") -> str:
 
 
 @pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    with open_store(_url(request.param, tmp_path)) as s:
+def store(request: pytest.FixtureRequest, backend_url: Callable[[str, str], str]) -> Iterator[Store]:
+    with open_store(backend_url(request.param, "t")) as s:
         yield s
 
 
