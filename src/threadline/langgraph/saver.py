@@ -249,8 +249,9 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
         checkpoint_ns: str,
         row: CheckpointRow,
         writes: Sequence[PendingWrite],
+        state: dict[str, Any] | None = None,
     ) -> CheckpointTuple:
-        state = self.core.materialize(row)
+        state = dict(state) if state is not None else self.core.materialize(row)
         book = state.pop(BOOK, None) or {}
         ts = book.get("ts", "")
         checkpoint: dict[str, Any] = {
@@ -330,8 +331,8 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
         merged = (
             streams[0] if len(streams) == 1 else heapq.merge(*streams, key=lambda e: e[2].id, reverse=True)
         )
-        for count, (tid, ns, row, writes) in enumerate(merged, 1):
-            yield self._tuple(tid, ns, row, writes)
+        for count, (tid, ns, row, writes, state) in enumerate(merged, 1):
+            yield self._tuple(tid, ns, row, writes, state)
             if limit is not None and count >= limit:
                 return
 
@@ -342,7 +343,7 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
         cursor: str | None,
         only: str | None,
         limit: int | None,
-    ) -> Iterator[tuple[str, str, CheckpointRow, builtins.list[PendingWrite]]]:
+    ) -> Iterator[tuple[str, str, CheckpointRow, builtins.list[PendingWrite], dict[str, Any]]]:
         """One namespace's matching rows, newest first, fetched a page at a time with their writes."""
         thread_id, ns, key = target
         try:
@@ -359,8 +360,9 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
                 pages = self._pages(key, wanted, cursor, limit)
             for page in pages:
                 writes = self._writes_of(key, [r.id for r in page])
-                for row in page:
-                    yield thread_id, ns, row, writes.get(row.id, [])
+                states = self.core.materialize_many(page)  # shared values decoded once per page
+                for row, state in zip(page, states, strict=True):
+                    yield thread_id, ns, row, writes.get(row.id, []), state
         except NotFound:
             return
 

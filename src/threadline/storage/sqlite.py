@@ -1054,13 +1054,19 @@ class SQLiteRepository(CheckpointRepository):
         def op(c: sqlite3.Connection) -> dict[str, list[PendingWrite]]:
             tkey = self._tkey(c, thread_id)
             out: dict[str, list[PendingWrite]] = {cid: [] for cid in checkpoint_ids}
-            for cid in checkpoint_ids:
+            wanted = [checkpoint_id_bytes(cid) for cid in checkpoint_ids]
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
                 rows = c.execute(
-                    "SELECT task_id, idx, channel, value, task_path FROM pending_writes "
-                    "WHERE tkey = ? AND checkpoint = ? ORDER BY task_id, idx",
-                    (tkey, checkpoint_id_bytes(cid)),
+                    "SELECT checkpoint, task_id, idx, channel, value, task_path FROM pending_writes "
+                    f"WHERE tkey = ? AND checkpoint IN ({','.join('?' * len(chunk))}) "
+                    "ORDER BY checkpoint, task_id, idx",
+                    (tkey, *chunk),
                 )
-                out[cid] = [PendingWrite(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+                for r in rows:
+                    out[checkpoint_id_from_bytes(r[0])].append(
+                        PendingWrite(r[1], r[2], r[3], bytes(r[4]), r[5])
+                    )
             return out
 
         return self._read(op)
