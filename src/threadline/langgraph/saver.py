@@ -227,7 +227,12 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
 
     # ------------------------------------------------------------ encoding
 
-    def _encode_state(self, checkpoint: LGCheckpoint, lg_parent: str | None) -> dict[str, Any]:
+    def _encode_state(
+        self, checkpoint: LGCheckpoint, lg_parent: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(state: one key per channel, book: LangGraph's bookkeeping). The book changes
+        at every step, so it travels in the checkpoint's header (metadata key ``~lg``),
+        not as a stored value of its own."""
         state = {_escape(k): v for k, v in checkpoint["channel_values"].items()}
         book: dict[str, Any] = {
             "v": checkpoint["v"],
@@ -240,8 +245,7 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
             book["x"] = extra
         if lg_parent is not None:
             book["p"] = lg_parent
-        state[BOOK] = book
-        return state
+        return state, book
 
     def _tuple(
         self,
@@ -252,7 +256,8 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
         state: dict[str, Any] | None = None,
     ) -> CheckpointTuple:
         state = dict(state) if state is not None else self.core.materialize(row)
-        book = state.pop(BOOK, None) or {}
+        metadata = dict(self.core.describe(row).metadata)
+        book = metadata.pop(BOOK, None) or {}
         ts = book.get("ts", "")
         checkpoint: dict[str, Any] = {
             "v": book.get("v", 1),
@@ -268,7 +273,7 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
         return CheckpointTuple(
             config={"configurable": {**base, "checkpoint_id": row.id}},
             checkpoint=checkpoint,  # type: ignore[arg-type]
-            metadata=dict(self.core.describe(row).metadata),  # type: ignore[arg-type]
+            metadata=metadata,  # type: ignore[arg-type]
             parent_config={"configurable": {**base, "checkpoint_id": parent}} if parent else None,
             pending_writes=self._decode_writes(writes),
         )
@@ -444,10 +449,11 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
         checkpoint: LGCheckpoint,
         metadata: Mapping[str, Any],
     ) -> bool:
+        state, book = self._encode_state(checkpoint, lg_parent)
         fields: dict[str, Any] = {
-            "state": self._encode_state(checkpoint, lg_parent),
+            "state": state,
             "kind": kind,
-            "metadata": metadata,
+            "metadata": {**metadata, BOOK: book},
             "checkpoint_id": cid,
         }
         try:
