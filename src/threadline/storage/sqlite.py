@@ -1827,14 +1827,19 @@ class SQLiteRepository(CheckpointRepository):
         report = self._drop_lists(c, owned, needs)
         candidates = [bytes(h) for (h,) in c.execute("SELECT hash FROM thread_blobs WHERE tkey = ?", (tkey,))]
         dropped = [h for h in candidates if h not in blob_refs]
+        c.executemany("DELETE FROM thread_blobs WHERE tkey = ? AND hash = ?", [(tkey, h) for h in dropped])
         blob_count = blob_bytes = 0
-        for digest in dropped:
-            c.execute("DELETE FROM thread_blobs WHERE tkey = ? AND hash = ?", (tkey, digest))
-            if c.execute("SELECT 1 FROM thread_blobs WHERE hash = ?", (digest,)).fetchone() is None:
-                size = c.execute("SELECT length(data) FROM blobs WHERE hash = ?", (digest,)).fetchone()
-                c.execute("DELETE FROM blobs WHERE hash = ?", (digest,))
-                blob_count += 1
-                blob_bytes += size[0] if size else 0
+        for start in range(0, len(dropped), 500):
+            chunk = dropped[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            orphans = c.execute(
+                f"SELECT hash, length(data) FROM blobs WHERE hash IN ({marks}) "
+                "AND NOT EXISTS (SELECT 1 FROM thread_blobs tb WHERE tb.hash = blobs.hash)",
+                chunk,
+            ).fetchall()
+            c.executemany("DELETE FROM blobs WHERE hash = ?", [(h,) for h, _ in orphans])
+            blob_count += len(orphans)
+            blob_bytes += sum(size for _, size in orphans)
         return GcReport(
             blobs=blob_count,
             list_items=report.list_items,
