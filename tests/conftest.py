@@ -100,3 +100,23 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Call
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             for schema in schemas:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_schemas() -> Iterator[None]:
+    """Drop the PostgreSQL schemas the suites created (named tl_* or t_*) when the session ends."""
+    yield
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3) as conn:
+            names = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tl\\_%' OR nspname LIKE 't\\_%'"
+                )
+            ]
+            for name in names:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    except Exception:  # no server, or no driver: nothing was created
+        return

@@ -414,6 +414,8 @@ class CheckpointDomainService:
                 raise InvalidInput(
                     f"state keys must be strings; got key {key!r} of type {type(key).__name__}"
                 )
+            if not key.isascii() and not _valid_text(key):
+                raise SerializationError(f"state[{key!r}]: key contains a lone surrogate (not valid Unicode)")
         self._check_kind(kind, error_message, error_type, milestone)
         if milestone is not None:
             milestone = validate_name(milestone, "milestone name")
@@ -1258,6 +1260,14 @@ class CheckpointDomainService:
 def random_list_id() -> int:
     """A new random list id (62 bits: collisions are not a practical concern)."""
     return secrets.randbits(62) + 1
+
+
+def _valid_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _empty(value: Any) -> bool:

@@ -87,6 +87,11 @@ def validate_id(value: object, what: str = "id") -> str:
         raise InvalidInput(f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
     if _CONTROL.search(value):
         raise InvalidInput(f"{what} {value!r} contains control characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(f"{what} {value!r} contains a lone surrogate (not valid Unicode)") from None
     return value
 
 

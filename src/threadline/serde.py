@@ -662,7 +662,9 @@ class _PathEncoder:
     def _prepare(self, value: Any, path: str, depth: int) -> Any:
         """Return ``value`` with every non-native part replaced by its Ext."""
         cls = type(value)
-        if cls is str or cls is float or cls is bool or cls is bytes or value is None:
+        if cls is str:
+            return _check_text(value, path)
+        if cls is float or cls is bool or cls is bytes or value is None:
             return value
         if cls is int:
             return value if _INT_MIN <= value <= _INT_MAX else _encode_bigint(value)
@@ -685,7 +687,10 @@ class _PathEncoder:
             if cls is list:
                 return [self._prepare(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
             if all(type(key) is str for key in value):
-                return {k: self._prepare(v, f"{path}[{k!r}]", depth + 1) for k, v in value.items()}
+                return {
+                    _check_text(k, f"{path}[<key {k!r}>]"): self._prepare(v, f"{path}[{k!r}]", depth + 1)
+                    for k, v in value.items()
+                }
             return self._dict_ext(value, path)
         try:
             return self._serializer._to_ext(value, path, self._pack)
@@ -700,6 +705,18 @@ class _PathEncoder:
             parts.append(self._pack(key, f"{path}[<key {key!r}>]"))
             parts.append(self._pack(item, f"{path}[{key!r}]"))
         return ormsgpack.Ext(EXT_DICT, b"".join(parts))
+
+
+def _check_text(value: str, path: str) -> str:
+    """Strings must be valid Unicode text (msgpack stores UTF-8): no lone surrogates."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SerializationError(
+                f"{path}: string contains a lone surrogate (not valid Unicode)"
+            ) from None
+    return value
 
 
 class _Decoder:

@@ -844,7 +844,8 @@ def branch_deletion(
 
     A checkpoint goes when no other branch's head reaches it; a survivor that
     was written on the deleted branch is attributed to the first other branch
-    (by name) whose head reaches it.
+    (by name) whose head reaches it. Survivors whose parents go must be re-linked
+    with :func:`relink` by the caller.
     """
     others = {b: h for b, h in heads.items() if b != name}
     keep_by_branch = {b: reachable(parents, [h]) for b, h in sorted(others.items())}

@@ -228,6 +228,10 @@ class MemoryRepository(CheckpointRepository):
                 )
             for cid, target in moved.items():
                 self._checkpoints[(thread_id, cid)] = replace(rows[cid], branch=target)
+            for cid, (parent, merge) in relink(parents, doomed).items():
+                self._checkpoints[(thread_id, cid)] = replace(
+                    self._checkpoints[(thread_id, cid)], parent_id=parent, merge_parent_id=merge
+                )
             for cid in doomed:
                 self._forget(thread_id, cid)
                 thread.writes.pop(cid, None)

@@ -1023,6 +1023,12 @@ class PostgresRepository(CheckpointRepository):
                     "UPDATE {s}.checkpoints SET bkey = %s WHERE tkey = %s AND id = %s",
                     (branches[target][0], tkey, _u(cid)),
                 )
+            for cid, (parent, merge) in relink(parents, doomed).items():
+                self._x(
+                    c,
+                    "UPDATE {s}.checkpoints SET parent = %s, merge_parent = %s WHERE tkey = %s AND id = %s",
+                    (_u(parent), _u(merge), tkey, _u(cid)),
+                )
             self._delete_rows(c, tkey, doomed)
             self._x(c, "DELETE FROM {s}.branches WHERE bkey = %s", (branches[name][0],))
             return self._gc_thread(c, tkey)

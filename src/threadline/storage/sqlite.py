@@ -810,6 +810,7 @@ class SQLiteRepository(CheckpointRepository):
                     "UPDATE checkpoints SET bkey = ? WHERE tkey = ? AND id = ?",
                     (branches[target][0], tkey, checkpoint_id_bytes(cid)),
                 )
+            self._relink(c, tkey, relink(parents, doomed))
             gone = [(tkey, checkpoint_id_bytes(x)) for x in doomed]
             c.executemany("DELETE FROM checkpoints WHERE tkey = ? AND id = ?", gone)
             c.executemany("DELETE FROM pending_writes WHERE tkey = ? AND checkpoint = ?", gone)
@@ -1581,6 +1582,24 @@ class SQLiteRepository(CheckpointRepository):
 
         return self._write(op)
 
+    @staticmethod
+    def _relink(
+        c: sqlite3.Connection, tkey: int, changes: Mapping[str, tuple[str | None, str | None]]
+    ) -> None:
+        """Point survivors at their nearest surviving ancestors (see ``base.relink``)."""
+        c.executemany(
+            "UPDATE checkpoints SET parent = ?, merge_parent = ? WHERE tkey = ? AND id = ?",
+            [
+                (
+                    checkpoint_id_bytes(parent) if parent else None,
+                    checkpoint_id_bytes(merge) if merge else None,
+                    tkey,
+                    checkpoint_id_bytes(cid),
+                )
+                for cid, (parent, merge) in changes.items()
+            ],
+        )
+
     def delete_checkpoints(self, thread_id: str, checkpoint_ids: Sequence[str]) -> GcReport:
         def op(c: sqlite3.Connection) -> GcReport:
             tkey = self._tkey(c, thread_id)
@@ -1595,16 +1614,7 @@ class SQLiteRepository(CheckpointRepository):
             deleted = {cid for cid in checkpoint_ids if cid in parents}
             if not deleted:
                 return GcReport()
-            for cid, (parent, merge) in relink(parents, deleted).items():
-                c.execute(
-                    "UPDATE checkpoints SET parent = ?, merge_parent = ? WHERE tkey = ? AND id = ?",
-                    (
-                        checkpoint_id_bytes(parent) if parent else None,
-                        checkpoint_id_bytes(merge) if merge else None,
-                        tkey,
-                        checkpoint_id_bytes(cid),
-                    ),
-                )
+            self._relink(c, tkey, relink(parents, deleted))
             for bkey, head in c.execute("SELECT bkey, head FROM branches WHERE tkey = ?", (tkey,)).fetchall():
                 if head is not None and checkpoint_id_from_bytes(head) in deleted:
                     survivor = nearest_survivor(parents, checkpoint_id_from_bytes(head), deleted)
