@@ -120,6 +120,7 @@ class _Registration(NamedTuple):
     name: str
     to_data: Callable[[Any], Any]
     from_data: Callable[[Any], Any]
+    prefix: bytes  # the start of the ext payload: array header + packed name
 
 
 # -- built-in extension types ------------------------------------------------------------------
@@ -424,7 +425,7 @@ class Serializer:
         taken = self._by_name.get(name)
         if taken is not None and taken.cls is not cls:
             raise InvalidInput(f"name {name!r} is already registered for {_default_name(taken.cls)}")
-        registration = _Registration(cls, name, to_data, from_data)
+        registration = _Registration(cls, name, to_data, from_data, _PAIR + ormsgpack.packb(name))
         self._by_type[cls] = registration
         self._by_name[name] = registration
 
@@ -552,6 +553,10 @@ class Serializer:
     # -- internals
 
     def _default(self, value: Any) -> ormsgpack.Ext:
+        registration = self._by_type.get(type(value))
+        if registration is not None:  # the common case first: a registered class
+            data = ormsgpack.packb(registration.to_data(value), default=self._default, option=_OPTIONS)
+            return ormsgpack.Ext(EXT_OBJECT, registration.prefix + data)
         return self._to_ext(value, "", self._pack_fast)
 
     def _pack_fast(self, value: Any, path: str) -> bytes:
@@ -575,7 +580,7 @@ class Serializer:
                 f"{path}: object of type {cls.__name__} is not serializable{_hint(value)}"
             )
         data = registration.to_data(value)
-        return ormsgpack.Ext(EXT_OBJECT, _PAIR + ormsgpack.packb(registration.name) + pack(data, path))
+        return ormsgpack.Ext(EXT_OBJECT, registration.prefix + pack(data, path))
 
     def _decode_ext(self, code: int, payload: bytes, unpack: Callable[[bytes], Any]) -> Any:
         atomic = _ATOMIC_DECODERS.get(code)
