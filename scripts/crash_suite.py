@@ -94,7 +94,7 @@ OPS = {
 
 
 def writer(url: str, seed: int, start: int, workdir: Path, skip: frozenset[str] = frozenset()) -> None:
-    from threadline import CheckpointStatus, Expired, NotFound, open_store
+    from threadline import CheckpointStatus, Expired, NotFound, StorageError, open_store
 
     store = open_store(url)
     core, threads = store.checkpoints, store.threads
@@ -104,111 +104,115 @@ def writer(url: str, seed: int, start: int, workdir: Path, skip: frozenset[str] 
     step = start
     past = datetime.now(UTC) - timedelta(days=1)
     while True:
-        rng = random.Random(f"{seed}:op:{step}")
-        ops = [op for op in OPS if op not in skip]
-        op = rng.choices(ops, weights=[OPS[op] for op in ops])[0]
-        branches = [b for b in threads.branches(MAIN_THREAD)]
-        names = [b.name for b in branches]
-        if op == "cp":
-            name = "main" if rng.random() < 0.6 or len(names) == 1 else rng.choice(names)
-            kind = rng.choices(["auto", "manual", "error", "milestone"], weights=[70, 15, 10, 5])[0]
-            extra: dict[str, Any] = {"metadata": {"step": step, "q": 'it\'s "quoted"'}}
-            if kind == "error":
-                extra["error_message"] = f"boom {step}"
-            if kind == "milestone":
-                extra["milestone"] = f"m{step}"
-            if kind == "manual":
-                extra["tags"] = [f"tag{step % 3}"]
-            if rng.random() < 0.3:
-                head = threads.latest(MAIN_THREAD, name)
-                extra["expected_head"] = head.id if head else None
-            cp = core.create(MAIN_THREAD, derive_state(seed, step), branch=name, kind=kind, **extra)
-            _say("CP", MAIN_THREAD, cp.id, step, name)
-        elif op == "branch" and len(names) < 8:
-            page = threads.history(MAIN_THREAD, limit=30).items
-            if page:
-                source = rng.choice(page)
-                threads.create_branch(MAIN_THREAD, f"b{step}", from_checkpoint=source.id)
-                _say("BR", MAIN_THREAD, f"b{step}")
-        elif op == "merge":
-            sources = [b for b in branches if b.name != "main" and b.head]
-            if sources:
-                src = rng.choice(sources)
-                strategy = rng.choice(["theirs", "ours", "fn"])
-                main_head = threads.latest(MAIN_THREAD, "main")
-                if strategy == "theirs" or main_head is None:
-                    state_step = core.get_state(src.head, MAIN_THREAD)["step"]  # type: ignore[arg-type]
-                    cp = threads.merge(MAIN_THREAD, src.name, "main", strategy="theirs")
-                elif strategy == "ours":
-                    state_step = core.get_state(main_head.id, MAIN_THREAD)["step"]
-                    cp = threads.merge(MAIN_THREAD, src.name, "main", strategy="ours")
-                else:
-                    state_step = step
-                    merged = derive_state(seed, step)
-                    cp = threads.merge(
-                        MAIN_THREAD,
-                        src.name,
-                        "main",
-                        strategy=lambda base, ours, theirs, merged=merged: merged,
-                    )
-                _say("CP", MAIN_THREAD, cp.id, state_step, "main")
-        elif op == "restore":
-            page = threads.history(MAIN_THREAD, limit=40).items
-            if page:
-                source = rng.choice(page)
-                try:
-                    state_step = core.get_state(source.id, MAIN_THREAD)["step"]
-                    cp = threads.restore(source.id, thread_id=MAIN_THREAD)
-                except (Expired, NotFound):
-                    pass
-                else:
-                    _say("CP", MAIN_THREAD, cp.id, state_step, cp.branch)
-        elif op in ("cleanup", "delete"):
-            heads = {b.head for b in branches}
-            old = [
-                c
-                for c in list(core.iter(MAIN_THREAD))[25:]
-                if c.id not in heads and c.milestone is None and c.status is CheckpointStatus.ACTIVE
-            ]
-            if old:
-                chosen = rng.sample(old, min(len(old), 8 if op == "cleanup" else 3))
-                ids = [c.id for c in chosen]
-                _say("DELSTART", MAIN_THREAD, *ids)
-                if op == "cleanup":
-                    for cid in ids:
-                        core.set_expiry(cid, past, thread_id=MAIN_THREAD)
-                    report = core.cleanup_expired()
-                    _say("DEL", MAIN_THREAD, *report.deleted)
-                else:
-                    core.delete(ids, thread_id=MAIN_THREAD)
-                    _say("DEL", MAIN_THREAD, *ids)
-        elif op == "delbranch":
-            others = [n for n in names if n != "main"]
-            if others:
-                name = rng.choice(others)
-                _say("DELBRSTART", MAIN_THREAD, name)
-                threads.delete_branch(MAIN_THREAD, name, force=True)
-                _say("DELBR", MAIN_THREAD, name)
-        elif op == "small":
-            cp = core.create(SMALL_THREAD, derive_state(seed, step))
-            _say("CP", SMALL_THREAD, cp.id, step, "main")
-        elif op == "archive":
-            path = workdir / f"a{step}.tlar"
-            summary = threads.backup([SMALL_THREAD], path)
-            target = f"r{step}"
-            _say("RSTART", target, summary.checkpoints)
-            threads.restore_backup(path, rename={SMALL_THREAD: target})
-            _say("RT", target, summary.checkpoints)
-            again = threads.restore_backup(path, rename={SMALL_THREAD: target})  # idempotent
-            assert again.skipped == [target], again
-            path.unlink()
-        elif op == "drop":
-            restored = [t.id for t in core.list_threads(limit=1000).items if t.id.startswith("r")]
-            if len(restored) > 3:
-                victim = rng.choice(restored)
-                _say("TDSTART", victim)
-                threads.delete_thread(victim)
-                _say("TD", victim)
+        try:
+            rng = random.Random(f"{seed}:op:{step}")
+            ops = [op for op in OPS if op not in skip]
+            op = rng.choices(ops, weights=[OPS[op] for op in ops])[0]
+            branches = [b for b in threads.branches(MAIN_THREAD)]
+            names = [b.name for b in branches]
+            if op == "cp":
+                name = "main" if rng.random() < 0.6 or len(names) == 1 else rng.choice(names)
+                kind = rng.choices(["auto", "manual", "error", "milestone"], weights=[70, 15, 10, 5])[0]
+                extra: dict[str, Any] = {"metadata": {"step": step, "q": 'it\'s "quoted"'}}
+                if kind == "error":
+                    extra["error_message"] = f"boom {step}"
+                if kind == "milestone":
+                    extra["milestone"] = f"m{step}"
+                if kind == "manual":
+                    extra["tags"] = [f"tag{step % 3}"]
+                if rng.random() < 0.3:
+                    head = threads.latest(MAIN_THREAD, name)
+                    extra["expected_head"] = head.id if head else None
+                cp = core.create(MAIN_THREAD, derive_state(seed, step), branch=name, kind=kind, **extra)
+                _say("CP", MAIN_THREAD, cp.id, step, name)
+            elif op == "branch" and len(names) < 8:
+                page = threads.history(MAIN_THREAD, limit=30).items
+                if page:
+                    source = rng.choice(page)
+                    threads.create_branch(MAIN_THREAD, f"b{step}", from_checkpoint=source.id)
+                    _say("BR", MAIN_THREAD, f"b{step}")
+            elif op == "merge":
+                sources = [b for b in branches if b.name != "main" and b.head]
+                if sources:
+                    src = rng.choice(sources)
+                    strategy = rng.choice(["theirs", "ours", "fn"])
+                    main_head = threads.latest(MAIN_THREAD, "main")
+                    if strategy == "theirs" or main_head is None:
+                        state_step = core.get_state(src.head, MAIN_THREAD)["step"]  # type: ignore[arg-type]
+                        cp = threads.merge(MAIN_THREAD, src.name, "main", strategy="theirs")
+                    elif strategy == "ours":
+                        state_step = core.get_state(main_head.id, MAIN_THREAD)["step"]
+                        cp = threads.merge(MAIN_THREAD, src.name, "main", strategy="ours")
+                    else:
+                        state_step = step
+                        merged = derive_state(seed, step)
+                        cp = threads.merge(
+                            MAIN_THREAD,
+                            src.name,
+                            "main",
+                            strategy=lambda base, ours, theirs, merged=merged: merged,
+                        )
+                    _say("CP", MAIN_THREAD, cp.id, state_step, "main")
+            elif op == "restore":
+                page = threads.history(MAIN_THREAD, limit=40).items
+                if page:
+                    source = rng.choice(page)
+                    try:
+                        state_step = core.get_state(source.id, MAIN_THREAD)["step"]
+                        cp = threads.restore(source.id, thread_id=MAIN_THREAD)
+                    except (Expired, NotFound):
+                        pass
+                    else:
+                        _say("CP", MAIN_THREAD, cp.id, state_step, cp.branch)
+            elif op in ("cleanup", "delete"):
+                heads = {b.head for b in branches}
+                old = [
+                    c
+                    for c in list(core.iter(MAIN_THREAD))[25:]
+                    if c.id not in heads and c.milestone is None and c.status is CheckpointStatus.ACTIVE
+                ]
+                if old:
+                    chosen = rng.sample(old, min(len(old), 8 if op == "cleanup" else 3))
+                    ids = [c.id for c in chosen]
+                    _say("DELSTART", MAIN_THREAD, *ids)
+                    if op == "cleanup":
+                        for cid in ids:
+                            core.set_expiry(cid, past, thread_id=MAIN_THREAD)
+                        report = core.cleanup_expired()
+                        _say("DEL", MAIN_THREAD, *report.deleted)
+                    else:
+                        core.delete(ids, thread_id=MAIN_THREAD)
+                        _say("DEL", MAIN_THREAD, *ids)
+            elif op == "delbranch":
+                others = [n for n in names if n != "main"]
+                if others:
+                    name = rng.choice(others)
+                    _say("DELBRSTART", MAIN_THREAD, name)
+                    threads.delete_branch(MAIN_THREAD, name, force=True)
+                    _say("DELBR", MAIN_THREAD, name)
+            elif op == "small":
+                cp = core.create(SMALL_THREAD, derive_state(seed, step))
+                _say("CP", SMALL_THREAD, cp.id, step, "main")
+            elif op == "archive":
+                path = workdir / f"a{step}.tlar"
+                summary = threads.backup([SMALL_THREAD], path)
+                target = f"r{step}"
+                _say("RSTART", target, summary.checkpoints)
+                threads.restore_backup(path, rename={SMALL_THREAD: target})
+                _say("RT", target, summary.checkpoints)
+                again = threads.restore_backup(path, rename={SMALL_THREAD: target})  # idempotent
+                assert again.skipped == [target], again
+                path.unlink()
+            elif op == "drop":
+                restored = [t.id for t in core.list_threads(limit=1000).items if t.id.startswith("r")]
+                if len(restored) > 3:
+                    victim = rng.choice(restored)
+                    _say("TDSTART", victim)
+                    threads.delete_thread(victim)
+                    _say("TD", victim)
+        except StorageError as exc:  # the server connection was cut: outcome unknown, go on
+            _say("LOST", step, type(exc).__name__)
+            time.sleep(0.01)
         step += 1
 
 
@@ -359,6 +363,7 @@ class SuiteResult:
     url: str
     kills: int = 0
     kills_before_ready: int = 0
+    connection_cuts: int = 0
     acknowledged_lines: int = 0
     acknowledged_checkpoints: int = 0
     checks_passed: int = 0
@@ -383,6 +388,21 @@ def _reader(proc: subprocess.Popen[str], sink: list[str], ready: threading.Event
         sink.append(line)
 
 
+WRITER_APP = "tl_crash_writer"
+
+
+def _cut_connections(url: str) -> int:
+    """Terminate the writer's PostgreSQL backends (as a server restart or network cut would)."""
+    import psycopg
+
+    with psycopg.connect(url.split("?")[0], autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (WRITER_APP,),
+        ).fetchall()
+    return len(rows)
+
+
 def run_suite(
     url: str,
     *,
@@ -403,8 +423,10 @@ def run_suite(
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    postgres = url.startswith(("postgresql:", "postgres:"))
+    writer_url = f"{url}{'&' if '?' in url else '?'}application_name={WRITER_APP}" if postgres else url
     for n in range(kills):
-        cmd = [sys.executable, __file__, "writer", "--url", url, "--seed", str(seed)]
+        cmd = [sys.executable, __file__, "writer", "--url", writer_url, "--seed", str(seed)]
         cmd += ["--start", str((n + 1) * 1_000_000), "--workdir", str(workdir), "--skip", ",".join(skip)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         lines: list[str] = []
@@ -418,6 +440,9 @@ def run_suite(
         else:
             ready.wait(30)
             time.sleep(rng.uniform(0.0, max_delay))
+        if postgres and rng.random() < 0.5:  # also cut the writer's server connections first
+            result.connection_cuts += _cut_connections(url)
+            time.sleep(rng.uniform(0.0, 0.2))
         if proc.poll() is not None:
             assert proc.stderr is not None
             result.writer_errors.append(
