@@ -362,15 +362,15 @@ def test_restore_appends_the_old_state(sample: Sample) -> None:
 
 def test_stats_figures_largest_threads_and_days(sample: Sample) -> None:
     doc = run_json(sample, "stats")
-    assert doc["scope"] == {"threads": None}
+    assert doc["scope"] == {"threads": None, "session": None}
     assert doc["threads"] == 2 and doc["checkpoints"] == 11
     assert doc["by_kind"] == {"auto": 9, "manual": 1, "error": 1, "milestone": 0}
     assert [t["thread"] for t in doc["largest_threads"]] == ["support-chat-42", "batch-7"]
     assert sum(d["checkpoints"] for d in doc["per_day"]) == 11
     one = run_json(sample, "stats", "--thread", "batch-7")
-    assert (
-        one["scope"] == {"threads": ["batch-7"]} and one["checkpoints"] == 1 and one["largest_threads"] == []
-    )
+    assert one["scope"] == {"threads": ["batch-7"], "session": None} and one["checkpoints"] == 1
+    assert [t["thread"] for t in one["largest_threads"]] == ["batch-7"]
+    assert "largest threads" not in run(sample, "stats", "--thread", "batch-7").stdout
     text = run(sample, "stats").stdout
     assert (
         "sharing ratio" in text
@@ -400,8 +400,10 @@ def test_bar_chart_scales_to_the_busiest_day() -> None:
 def test_backup_create_verify_restore_round_trip(sample: Sample, tmp_path: Path) -> None:
     file = tmp_path / "chat.tla"
     doc = run_json(sample, "backup", "create", str(file), "--thread", "support-chat-42", "-t", "batch-7")
+    assert doc["session"] is None
     assert set(doc) == {
         "file",
+        "session",
         "format_version",
         "threads",
         "checkpoints",
@@ -563,12 +565,7 @@ def test_a_store_from_a_newer_threadline_is_refused(sample: Sample) -> None:
     assert "newer threadline" in failure(run(sample, "migrate"))
 
 
-# ---------------------------------------------------------------- demo and JSON helpers
-
-
-def test_demo_writes_and_verifies_a_conversation(tmp_path: Path) -> None:
-    result = run(f"sqlite:///{tmp_path}/demo.db", "demo")
-    assert result.exit_code == 0 and "identical to what was written" in result.stdout
+# ---------------------------------------------------------------- JSON helpers
 
 
 def test_plain_turns_any_value_into_json() -> None:
@@ -592,7 +589,7 @@ def test_plain_turns_any_value_into_json() -> None:
 @pytest.fixture(autouse=True)
 def _reset_options() -> Iterator[None]:
     yield
-    app_module.options.store, app_module.options.debug = None, False
+    app_module.options.store, app_module.options.debug, app_module.options.keyring = None, False, None
 
 
 def test_arguments_that_are_not_utf8_are_usage_errors(sample: Sample) -> None:

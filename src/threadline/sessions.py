@@ -467,26 +467,46 @@ class SessionCheckpointManager:
     # ------------------------------------------------------------ cleanup
 
     def cleanup(
-        self, session_id: str, *, dry_run: bool = False, now: datetime | None = None
+        self,
+        session_id: str,
+        *,
+        dry_run: bool = False,
+        now: datetime | None = None,
+        progress: Progress | None = None,
     ) -> CleanupResult:
-        """Apply retention to every thread of a session. Raises NotFound (session)."""
+        """Apply retention to every thread of a session. Raises NotFound (session).
+        ``progress("cleanup", threads done, threads)`` is called after each thread."""
         self.get_session(session_id)
-        return self._cleanup(self._thread_ids(session_id), dry_run=dry_run, now=now)
+        return self._cleanup(self._thread_ids(session_id), dry_run=dry_run, now=now, progress=progress)
 
     def cleanup_thread(
-        self, thread_id: str, *, dry_run: bool = False, now: datetime | None = None
+        self,
+        thread_id: str,
+        *,
+        dry_run: bool = False,
+        now: datetime | None = None,
+        progress: Progress | None = None,
     ) -> CleanupResult:
         """Apply retention to one thread. Raises NotFound (thread)."""
         self.threads.thread_row(thread_id)
-        return self._cleanup([thread_id], dry_run=dry_run, now=now)
+        return self._cleanup([thread_id], dry_run=dry_run, now=now, progress=progress)
 
-    def cleanup_store(self, *, dry_run: bool = False, now: datetime | None = None) -> CleanupResult:
+    def cleanup_store(
+        self, *, dry_run: bool = False, now: datetime | None = None, progress: Progress | None = None
+    ) -> CleanupResult:
         """Apply retention to every thread of the store (threads outside sessions use
         ``default_policy`` with their own overrides)."""
         everything = iterate_pages(lambda cursor: self.threads.list_threads(cursor=cursor, limit=1000))
-        return self._cleanup([t.id for t in everything], dry_run=dry_run, now=now)
+        return self._cleanup([t.id for t in everything], dry_run=dry_run, now=now, progress=progress)
 
-    def _cleanup(self, thread_ids: Sequence[str], *, dry_run: bool, now: datetime | None) -> CleanupResult:
+    def _cleanup(
+        self,
+        thread_ids: Sequence[str],
+        *,
+        dry_run: bool,
+        now: datetime | None,
+        progress: Progress | None = None,
+    ) -> CleanupResult:
         moment = datetime_to_us(now) if now is not None else now_us()
         held = self._held_by_sync_points()
         sessions: dict[str | None, Policy] = {}
@@ -497,6 +517,8 @@ class SessionCheckpointManager:
                 results.append(self._clean_thread(tid, policy, held.get(tid, set()), moment, dry_run))
             except Exception as exc:  # error isolation: report the cause, go on with the others
                 results.append(ThreadCleanup(tid, error=f"{type(exc).__name__}: {exc}"))
+            if progress is not None:
+                progress("cleanup", len(results), len(thread_ids))
         reclaimed = 0
         if not dry_run and any(r.deleted for r in results):
             reclaimed = self.threads.reclaim_space()

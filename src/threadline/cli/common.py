@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -23,7 +24,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
-from threadline.errors import ThreadlineError
+from threadline.errors import InvalidInput, ThreadlineError
+from threadline.serde import KeyRing
 from threadline.store import Store, open_store, url_from_env
 
 #: Where human output goes; tests may swap them (e.g. for a forced terminal).
@@ -33,8 +35,38 @@ err = Console(stderr=True, highlight=False)
 ProgressCallback = Callable[[str, int, int], None]
 
 
+#: The order of ``threadline --help``: try it, look inside, change history, sessions, upkeep.
+COMMAND_ORDER = (
+    "demo",
+    "threads",
+    "log",
+    "show",
+    "diff",
+    "branches",
+    "stats",
+    "sessions",
+    "branch",
+    "merge",
+    "milestone",
+    "restore",
+    "policy",
+    "cleanup",
+    "sync-point",
+    "backup",
+    "import",
+    "keys",
+    "check",
+    "migrate",
+)
+
+
 class ThreadlineGroup(TyperGroup):
     """Turns errors raised by any command into a message and an exit code."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names: list[str] = super().list_commands(ctx)
+        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         for arg in args:  # bytes that are not UTF-8 arrive as lone surrogates: refuse them here
@@ -51,7 +83,7 @@ class ThreadlineGroup(TyperGroup):
         except ThreadlineError as exc:
             if options.debug:
                 raise
-            fail(str(exc))
+            fail(_with_hint(str(exc)))
         except OSError as exc:  # files the user named: missing directory, permissions, full disk
             if options.debug:
                 raise
@@ -61,6 +93,15 @@ class ThreadlineGroup(TyperGroup):
                 raise
             err.print("interrupted; nothing partial was kept")
             raise typer.Exit(130) from None
+
+
+def _with_hint(message: str) -> str:
+    """An error message, with what to do when the store is encrypted and the key ring is missing."""
+    if options.keyring is None and (
+        "open the store with its key ring" in message or "not in the key ring" in message
+    ):
+        return f"{message}; pass the store's key ring with --keyring FILE (or THREADLINE_KEYRING)"
+    return message
 
 
 app = typer.Typer(
@@ -80,6 +121,7 @@ class Options:
 
     store: str | None = None
     debug: bool = False
+    keyring: Path | None = None
 
 
 options = Options()
@@ -95,10 +137,19 @@ def main_options(
             help="Store URL (default: $THREADLINE_URL, else sqlite:///./threadline.db).",
         ),
     ] = None,
+    keyring: Annotated[
+        Path | None,
+        typer.Option(
+            "--keyring",
+            metavar="FILE",
+            envvar="THREADLINE_KEYRING",
+            help="Key ring file (JSON) of an encrypted store (default: $THREADLINE_KEYRING).",
+        ),
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Checkpoints for long-running LLM agents and workflows."""
-    options.store, options.debug = store, debug
+    options.store, options.debug, options.keyring = store, debug, keyring
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -116,10 +167,32 @@ def store_url() -> str:
     return url_from_env(options.store)
 
 
+def read_keyring(file: Path) -> KeyRing:
+    """A key ring from its JSON file, with errors that name the file."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInput(
+            f"key ring file {str(file)!r} does not exist; create one with: threadline keys generate FILE"
+        ) from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"key ring file {str(file)!r} is not a key ring (not UTF-8 JSON)") from None
+    try:
+        return KeyRing.from_json(text)
+    except InvalidInput as exc:
+        raise InvalidInput(f"key ring file {str(file)!r}: {exc}") from None
+
+
+def cli_keyring() -> KeyRing | None:
+    """The key ring the global options name (--keyring, else $THREADLINE_KEYRING), if any."""
+    return read_keyring(options.keyring) if options.keyring is not None else None
+
+
 @contextmanager
 def open_cli_store() -> Iterator[Store]:
-    """The store the global options name (migrated forward when opened)."""
-    store = open_store(store_url())
+    """The store the global options name (migrated forward when opened), with its key ring."""
+    keyring = cli_keyring()
+    store = open_store(store_url(), keyring=keyring)
     try:
         yield store
     finally:

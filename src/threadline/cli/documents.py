@@ -3,11 +3,13 @@ command spells an object with the same keys (documented in the README)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from threadline.archive import ArchiveSummary
-from threadline.model import Branch, Checkpoint, Stats, Thread
+from threadline.model import POLICY_FIELDS, Branch, Checkpoint, Policy, Session, Stats, SyncPoint, Thread
+from threadline.sessions import CleanupResult
 
 
 def checkpoint_doc(cp: Checkpoint) -> dict[str, Any]:
@@ -84,6 +86,7 @@ def stats_doc(s: Stats) -> dict[str, Any]:
 def archive_doc(file: str | Path, summary: ArchiveSummary) -> dict[str, Any]:
     return {
         "file": str(file),
+        "session": summary.session["id"] if summary.session else None,
         "format_version": summary.format_version,
         "threads": list(summary.threads),
         "checkpoints": summary.checkpoints,
@@ -91,4 +94,68 @@ def archive_doc(file: str | Path, summary: ArchiveSummary) -> dict[str, Any]:
         "bytes": summary.bytes,
         "imported": list(summary.imported),
         "skipped": list(summary.skipped),
+    }
+
+
+def seconds(value: timedelta | None) -> float | int | None:
+    """A duration in JSON: seconds (whole when it is), None for "never"."""
+    if value is None:
+        return None
+    total = value.total_seconds()
+    return int(total) if total.is_integer() else total
+
+
+def policy_doc(policy: Policy | dict[str, Any]) -> dict[str, Any]:
+    """A policy (or some overridden fields of one): durations in seconds, null for never/no limit."""
+    fields = policy if isinstance(policy, dict) else {name: getattr(policy, name) for name in POLICY_FIELDS}
+    return {
+        name: (seconds(value) if isinstance(value, timedelta) or value is None else value)
+        for name, value in fields.items()
+    }
+
+
+def session_doc(session: Session, stats: Stats) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "status": session.status.value,
+        "created_at": session.created_at,
+        "owner": session.owner,
+        "metadata": dict(session.metadata),
+        "policy": policy_doc(session.policy),
+        "threads": stats.threads,
+        "checkpoints": stats.checkpoints,
+        "stored_bytes": stats.stored_bytes,
+        "newest": stats.newest,
+    }
+
+
+def sync_point_doc(point: SyncPoint) -> dict[str, Any]:
+    return {
+        "session_id": point.session_id,
+        "label": point.label,
+        "created_at": point.created_at,
+        "members": dict(point.members),
+        "metadata": dict(point.metadata),
+    }
+
+
+def cleanup_doc(result: CleanupResult, scope: dict[str, str | None]) -> dict[str, Any]:
+    return {
+        "scope": scope,
+        "dry_run": result.dry_run,
+        "ok": result.ok,
+        "deleted": len(result.deleted),
+        "expired": len(result.expired),
+        "freed_bytes": result.freed_bytes,
+        "reclaimed_bytes": result.reclaimed_bytes,
+        "threads": [
+            {
+                "thread": t.thread_id,
+                "deleted": list(t.deleted),
+                "expired": list(t.expired),
+                "freed_bytes": t.freed_bytes,
+                "error": t.error,
+            }
+            for t in result.threads
+        ],
     }

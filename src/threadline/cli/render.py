@@ -44,8 +44,12 @@ def describe(cp: Checkpoint, short: str, heads: Sequence[str] = ()) -> str:
         parts.append(f"[red]{cp.status.value}[/red]")
     if cp.error_message:
         parts.append(f"[red]error: {escape(cp.error_message)}[/red]")
-    if cp.title:
+    if cp.title and cp.title != f"sync point {cp.sync_point}":  # the default title repeats the label
         parts.append(escape(cp.title))
+    elif "step" in cp.metadata and "source" in cp.metadata:  # written by LangGraph (see docs/langgraph.md)
+        parts.append(
+            f"[dim]{escape(str(cp.metadata['source']))} step {escape(str(cp.metadata['step']))}[/dim]"
+        )
     kind = cp.kind.value if len(parts) == 2 else f"{cp.kind.value:<9}"  # aligned, no trailing blanks
     parts.insert(2, f"[{_KIND_STYLE[cp.kind]}]{kind}[/]")
     return " ".join(parts)
@@ -156,7 +160,9 @@ def diff_lines(diff: StateDiff) -> list[str]:
 
 def make_table(title: str) -> Table:
     """The look of every table: a title on the left, a rule under the header, no boxes."""
-    return Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    return Table(
+        title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, min_width=len(title)
+    )
 
 
 def figures(title: str, rows: Sequence[tuple[str, str]]) -> Table:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 
 from threadline.errors import NotFound
-from threadline.model import Branch, Checkpoint, Thread
+from threadline.model import Branch, Checkpoint, Session, SyncPoint, Thread
 from threadline.store import Store
 
 _MAX_THREADS_FOR_SUGGESTIONS = 10_000
@@ -55,6 +55,41 @@ def branch(store: Store, thread_id: str, name: str) -> Branch:
         hint = did_you_mean(name, names) or f"; its branches: {', '.join(names)}"
         raise NotFound(f"branch {name!r} does not exist in thread {thread_id!r}{hint}")
     return store.threads.get_branch(thread_id, name)
+
+
+def all_sessions(store: Store) -> Iterator[Session]:
+    """Every session, by id, fetched in pages."""
+    cursor: str | None = None
+    while True:
+        page = store.sessions.list_sessions(cursor=cursor, limit=500)
+        yield from page.items
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
+def session(store: Store, session_id: str) -> Session:
+    """The session, or NotFound suggesting similar session ids."""
+    try:
+        return store.sessions.get_session(session_id)
+    except NotFound:
+        hint = did_you_mean(
+            session_id, (s.id for s in islice(all_sessions(store), _MAX_THREADS_FOR_SUGGESTIONS))
+        )
+        raise NotFound(
+            f"session {session_id!r} does not exist{hint or '; list them with: threadline sessions'}"
+        ) from None
+
+
+def sync_point(store: Store, session_id: str, label: str) -> SyncPoint:
+    """A sync point of a session, or NotFound suggesting similar labels."""
+    labels = [p.label for p in store.sessions.list_sync_points(session(store, session_id).id)]
+    if label not in labels:
+        hint = did_you_mean(label, labels) or (
+            f"; its sync points: {', '.join(labels)}" if labels else "; the session has no sync points"
+        )
+        raise NotFound(f"sync point {label!r} does not exist in session {session_id!r}{hint}")
+    return store.sessions.get_sync_point(session_id, label)
 
 
 def checkpoint_id(store: Store, prefix: str) -> str:

@@ -1,4 +1,4 @@
-"""Backups: portable, checksummed archive files (see docs/archive.md)."""
+"""Backups: portable, checksummed archive files of threads or whole sessions (see docs/archive.md)."""
 
 from __future__ import annotations
 
@@ -44,14 +44,26 @@ def _print(verb: str, file: Path, summary: ArchiveSummary) -> None:
 @backup_app.command("create")
 def create(
     file: FileArgument,
-    thread: Annotated[list[str], typer.Option("--thread", "-t", help="A thread to back up (repeatable).")],
+    thread: Annotated[
+        list[str] | None, typer.Option("--thread", "-t", help="A thread to back up (repeatable).")
+    ] = None,
+    session: Annotated[
+        str | None,
+        typer.Option("--session", "-s", help="A whole session: its threads, policies and sync points."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Write threads to an archive (atomically: an interrupted backup leaves no file)."""
+    """Write threads or a session to an archive (atomically: an interrupted backup leaves no file)."""
+    if bool(thread) == (session is not None):
+        usage_error("give the threads (--thread T, repeatable) or one --session S")
     with open_cli_store() as store:
-        ids = [resolve.thread(store, t).id for t in dict.fromkeys(thread)]
         with progress_bar("backup", show_progress(as_json)) as progress:
-            summary = store.threads.backup(ids, file, progress=progress)
+            if session is not None:
+                sid = resolve.session(store, session).id
+                summary = store.sessions.backup_session(sid, file, progress=progress)
+            else:
+                ids = [resolve.thread(store, t).id for t in dict.fromkeys(thread or [])]
+                summary = store.threads.backup(ids, file, progress=progress)
         if as_json:
             emit_json(archive_doc(file, summary))
         else:
@@ -87,17 +99,40 @@ def restore(
         list[str] | None,
         typer.Option("--rename", metavar="OLD=NEW", help="Import thread OLD under the id NEW."),
     ] = None,
+    as_session: Annotated[
+        str | None,
+        typer.Option(
+            "--as-session", metavar="SESSION", help="Restore a session archive under this session id."
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Import an archive (verified first; threads already present are skipped)."""
+    """Import an archive (verified first; threads already present are skipped).
+
+    A session archive restores the session too (policies, sync points).
+    """
     mapping = _renames(rename or [])
     with open_cli_store() as store:
         with progress_bar("restore", show_progress(as_json)) as progress:
-            summary = store.threads.restore_backup(file, rename=mapping, progress=progress)
+            kind = store.threads.verify_backup(file, progress=progress)
+            if kind.session is not None:
+                if mapping:
+                    usage_error(
+                        "--rename applies to thread archives; restore a session with --as-session NEW"
+                    )
+                restored = store.sessions.restore_session(file, session_id=as_session, progress=progress)
+                summary, session = restored.archive, restored.session.id
+            else:
+                if as_session is not None:
+                    usage_error(f"{file} holds threads, not a session; --as-session does not apply")
+                summary = store.threads.restore_backup(file, rename=mapping, progress=progress)
+                session = None
         if as_json:
-            emit_json(archive_doc(file, summary))
+            emit_json({**archive_doc(file, summary), "session": session})
             return
         _print("restored", file, summary)
+        if session is not None:
+            out.print(f"session: {escape(session)}", soft_wrap=True)
         if summary.imported:
             out.print("imported: " + escape(", ".join(summary.imported)), soft_wrap=True)
         if summary.skipped:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
+from collections.abc import Iterable
 from typing import Annotated
 
 import typer
@@ -10,7 +13,8 @@ from rich.markup import escape
 from threadline.cli import render, resolve
 from threadline.cli.common import JsonOption, app, emit_json, open_cli_store, out, plain, usage_error
 from threadline.cli.documents import branch_doc, checkpoint_doc, thread_doc
-from threadline.model import Checkpoint
+from threadline.model import Checkpoint, Thread
+from threadline.storage.base import CheckpointRow
 from threadline.store import Store
 
 ThreadOption = Annotated[
@@ -54,19 +58,47 @@ def threads(
         out.print(table)
 
 
+def time_ordered(rows: Iterable[CheckpointRow]) -> list[CheckpointRow]:
+    """Newest first by creation time, every child before its parents.
+
+    Ids cannot order a thread whose checkpoints were not all made by threadline (LangGraph
+    and imported checkpoints keep their own time-ordered ids, which sort apart from
+    threadline's), so the order comes from creation times and parent links.
+    """
+    ranked = sorted(rows, key=lambda r: (r.created_at, r.id), reverse=True)
+    rank = {r.id: i for i, r in enumerate(ranked)}
+    waiting = Counter(p for r in ranked for p in set(_parents(r)) if p in rank)
+    ready = [rank[r.id] for r in ranked if not waiting[r.id]]
+    heapq.heapify(ready)
+    ordered: list[CheckpointRow] = []
+    while ready:
+        row = ranked[heapq.heappop(ready)]
+        ordered.append(row)
+        for parent in set(_parents(row)):
+            if parent in rank:
+                waiting[parent] -= 1
+                if not waiting[parent]:
+                    heapq.heappush(ready, rank[parent])
+    return ordered
+
+
+def _parents(row: CheckpointRow) -> tuple[str, ...]:
+    return tuple(p for p in (row.parent_id, row.merge_parent_id) if p)
+
+
 def _graph_selection(store: Store, thread_id: str, head: str | None, limit: int) -> list[Checkpoint]:
     """Newest first, the checkpoints reachable from ``head`` through both parents (all when None)."""
     wanted = {head} if head else None
-    chosen: list[Checkpoint] = []
-    for cp in store.checkpoints.iter(thread_id):
+    chosen: list[str] = []
+    for row in time_ordered(store.threads.checkpoint_rows(thread_id)):
         if wanted is not None:
-            if cp.id not in wanted:
+            if row.id not in wanted:
                 continue
-            wanted.update(cp.parents)
-        chosen.append(cp)
+            wanted.update(_parents(row))
+        chosen.append(row.id)
         if len(chosen) >= limit:
             break
-    return chosen
+    return [store.threads.get(cid, thread_id=thread_id) for cid in chosen]
 
 
 @app.command()
@@ -88,15 +120,8 @@ def log(
     with open_cli_store() as store:
         thread = resolve.thread(store, thread_id)
         name = resolve.branch(store, thread.id, branch).name if branch else thread.default_branch
-        branches = store.threads.branches(thread.id)
-        head = next((b.head for b in branches if b.name == name), None)
-        if graph:
-            cps = _graph_selection(store, thread.id, None if all_branches else head, limit)
-        elif all_branches:
-            cps = store.threads.list(thread.id, limit=limit).items
-        else:
-            cps = store.threads.history(thread.id, name, limit=limit).items
         if as_json:
+            cps = _log_selection(store, thread, name, all_branches, graph, limit)
             emit_json(
                 {
                     "thread": thread.id,
@@ -105,23 +130,46 @@ def log(
                 }
             )
             return
-        if not cps:
-            out.print(f"no checkpoints on branch {name!r} of thread {thread.id!r}")
-            return
-        heads: dict[str, list[str]] = {}
-        for b in branches:
-            if b.head:
-                heads.setdefault(b.head, []).append(b.name)
-        short = resolve.abbreviations(store, (c.id for c in cps))
-        if not graph:
-            for cp in cps:
-                out.print(render.describe(cp, short[cp.id], heads.get(cp.id, ())), soft_wrap=True)
-            return
-        for prefix, maybe_cp in render.graph(cps):
-            text = (
-                render.describe(maybe_cp, short[maybe_cp.id], heads.get(maybe_cp.id, ())) if maybe_cp else ""
-            )
-            out.print(f"{prefix} {text}".rstrip() if text else prefix, soft_wrap=True)
+        print_log(store, thread, name, all_branches=all_branches, graph=graph, limit=limit)
+
+
+def _log_selection(
+    store: Store, thread: Thread, name: str, all_branches: bool, graph: bool, limit: int
+) -> list[Checkpoint]:
+    if all_branches:
+        return _graph_selection(store, thread.id, None, limit)
+    if graph:
+        head = next((b.head for b in store.threads.branches(thread.id) if b.name == name), None)
+        return _graph_selection(store, thread.id, head, limit)
+    return store.threads.history(thread.id, name, limit=limit).items
+
+
+def print_log(
+    store: Store,
+    thread: Thread,
+    name: str,
+    *,
+    all_branches: bool = False,
+    graph: bool = False,
+    limit: int = 30,
+) -> None:
+    """A thread's history, newest first (as ``log`` prints it)."""
+    cps = _log_selection(store, thread, name, all_branches, graph, limit)
+    if not cps:
+        out.print(f"no checkpoints on branch {name!r} of thread {thread.id!r}")
+        return
+    heads: dict[str, list[str]] = {}
+    for b in store.threads.branches(thread.id):
+        if b.head:
+            heads.setdefault(b.head, []).append(b.name)
+    short = resolve.abbreviations(store, (c.id for c in cps))
+    if not graph:
+        for cp in cps:
+            out.print(render.describe(cp, short[cp.id], heads.get(cp.id, ())), soft_wrap=True)
+        return
+    for prefix, maybe_cp in render.graph(cps):
+        text = render.describe(maybe_cp, short[maybe_cp.id], heads.get(maybe_cp.id, ())) if maybe_cp else ""
+        out.print(f"{prefix} {text}".rstrip() if text else prefix, soft_wrap=True)
 
 
 @app.command()
