@@ -106,14 +106,14 @@ def no_threads(store: Store) -> bool:
 def test_backup_one_thread_verify_and_restore(source: Store, target: Store, tmp_path: Path) -> None:
     t = fill(source, "t1")
     fill(source, "other", seed=1)
-    path = tmp_path / "one.tla"
+    path = tmp_path / "one.tlar"
     events: list[tuple[str, int, int]] = []
     summary = source.threads.backup(t, path, progress=lambda *a: events.append(a))
     assert summary.threads == ["t1"] and summary.format_version == FORMAT_VERSION
     assert summary.checkpoints == source.checkpoints.stats([t]).checkpoints
     assert summary.values > 0 and summary.bytes == path.stat().st_size
     assert events == [("backup", 1, 1)]
-    assert not (tmp_path / "one.tla.partial").exists()
+    assert not (tmp_path / "one.tlar.partial").exists()
     checked = target.threads.verify_backup(path)
     assert (checked.threads, checked.checkpoints) == (["t1"], summary.checkpoints)
     assert no_threads(target)  # verify writes nothing
@@ -130,7 +130,7 @@ def test_backup_one_thread_verify_and_restore(source: Store, target: Store, tmp_
 
 def test_backup_several_threads(source: Store, target: Store, tmp_path: Path) -> None:
     ids = [fill(source, f"t{i}", seed=i) for i in range(3)]
-    path = tmp_path / "many.tla"
+    path = tmp_path / "many.tlar"
     summary = source.threads.backup(ids, path)
     assert summary.threads == ids
     assert summary.checkpoints == source.checkpoints.stats(ids).checkpoints
@@ -145,7 +145,7 @@ def test_backup_several_threads(source: Store, target: Store, tmp_path: Path) ->
 def test_restore_twice_creates_no_duplicates(source: Store, target: Store, tmp_path: Path) -> None:
     fill(source, "t1")
     fill(source, "t2", seed=2)
-    path = tmp_path / "a.tla"
+    path = tmp_path / "a.tlar"
     source.threads.backup(["t1", "t2"], path)
     target.threads.restore_backup(path)
     stats = target.checkpoints.stats()
@@ -162,7 +162,7 @@ def test_restore_over_different_thread_conflicts_unless_renamed(
 ) -> None:
     fill(source, "t1")
     fill(source, "t2", seed=2)
-    path = tmp_path / "a.tla"
+    path = tmp_path / "a.tlar"
     source.threads.backup(["t1", "t2"], path)
     target.threads.create_thread("t2")
     target.threads.checkpoint("t2", {"mine": 1})
@@ -183,7 +183,7 @@ def test_restore_over_empty_thread_with_same_id_conflicts(
     source: Store, target: Store, tmp_path: Path
 ) -> None:
     fill(source, "t1")
-    path = tmp_path / "a.tla"
+    path = tmp_path / "a.tlar"
     source.threads.backup("t1", path)
     target.threads.create_thread("t1")
     with pytest.raises(Conflict):
@@ -196,15 +196,15 @@ def test_sqlite_memory_sqlite_round_trip(tmp_path: Path) -> None:
         fill(a, "t1")
         fill(a, "t2", seed=5)
         copy = a.threads.copy_thread("t1", "t1-copy")
-        a.threads.backup(["t1", "t2", copy.id], tmp_path / "1.tla")
+        a.threads.backup(["t1", "t2", copy.id], tmp_path / "1.tlar")
         original = {t: snapshot(a, t) for t in ("t1", "t2", "t1-copy")}
         original_stats = a.checkpoints.stats()
     with open_store("memory://") as m:
-        m.threads.restore_backup(tmp_path / "1.tla")
+        m.threads.restore_backup(tmp_path / "1.tlar")
         assert {t: snapshot(m, t) for t in original} == original
-        m.threads.backup(["t1", "t2", "t1-copy"], tmp_path / "2.tla")
+        m.threads.backup(["t1", "t2", "t1-copy"], tmp_path / "2.tlar")
     with open_store(f"sqlite:///{tmp_path}/b.db") as b:
-        b.threads.restore_backup(tmp_path / "2.tla")
+        b.threads.restore_backup(tmp_path / "2.tlar")
         assert {t: snapshot(b, t) for t in original} == original
         assert b.threads.get_thread("t1-copy").origin == {"copied_from": "t1"}
         stats = b.checkpoints.stats()
@@ -214,18 +214,18 @@ def test_sqlite_memory_sqlite_round_trip(tmp_path: Path) -> None:
             original_stats.milestones,
             original_stats.restores,
         )
-        b.threads.backup(["t1", "t2", "t1-copy"], tmp_path / "3.tla")
+        b.threads.backup(["t1", "t2", "t1-copy"], tmp_path / "3.tlar")
     with open_store(f"sqlite:///{tmp_path}/b.db") as reopened:
         assert {t: snapshot(reopened, t) for t in original} == original
 
 
 def test_backup_errors_leave_no_file(source: Store, tmp_path: Path) -> None:
-    path = tmp_path / "x.tla"
+    path = tmp_path / "x.tlar"
     with pytest.raises(ArchiveError):
         source.threads.backup([], path)
     with pytest.raises(NotFound):
         source.threads.backup(["missing"], path)
-    assert list(tmp_path.glob("x.tla*")) == []
+    assert list(tmp_path.glob("x.tlar*")) == []
 
 
 # ---------------------------------------------------------------- malformed archives
@@ -233,7 +233,7 @@ def test_backup_errors_leave_no_file(source: Store, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def good_archive(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    path = tmp_path_factory.mktemp("arch") / "good.tla"
+    path = tmp_path_factory.mktemp("arch") / "good.tlar"
     with open_store("memory://") as s:
         fill(s, "t1")
         fill(s, "t2", seed=1)
@@ -276,7 +276,7 @@ def rejected(
 
 
 def test_crafted_archive_round_trips_unchanged(good_archive: bytes, target: Store, tmp_path: Path) -> None:
-    path = craft(tmp_path / "same.tla", parse(good_archive))
+    path = craft(tmp_path / "same.tlar", parse(good_archive))
     assert path.read_bytes() == good_archive
     assert target.threads.restore_backup(path).imported == ["t1", "t2"]
 
@@ -286,7 +286,7 @@ def test_truncated_archives_are_rejected(
     good_archive: bytes, target: Store, tmp_path: Path, cut: Any
 ) -> None:
     n = int(len(good_archive) * cut) if isinstance(cut, float) else cut % len(good_archive)
-    path = tmp_path / "cut.tla"
+    path = tmp_path / "cut.tlar"
     path.write_bytes(good_archive[:n])
     rejected(target, path)
 
@@ -299,7 +299,7 @@ def test_flipped_bits_in_framing_are_rejected(
     for bit in (0, 3, 6):
         data = bytearray(good_archive)
         data[i] ^= 1 << bit
-        path = tmp_path / f"flip{bit}.tla"
+        path = tmp_path / f"flip{bit}.tlar"
         path.write_bytes(bytes(data))
         rejected(target, path)
 
@@ -315,19 +315,19 @@ def test_flipped_bits_in_records_are_rejected_before_writing(
     for bit in (0, 3, 6):
         data = bytearray(good_archive)
         data[i] ^= 1 << bit
-        path = tmp_path / f"flip{bit}.tla"
+        path = tmp_path / f"flip{bit}.tlar"
         path.write_bytes(bytes(data))
         rejected(target, path, (ArchiveError, InvalidInput, TypeError))
 
 
 def test_every_single_bit_flip_is_an_archive_error(tmp_path: Path) -> None:
-    path = tmp_path / "small.tla"
+    path = tmp_path / "small.tlar"
     with open_store("memory://") as s:
         fill(s, "t1")
         s.threads.backup("t1", path)
         good = path.read_bytes()
         escaped: list[tuple[int, str]] = []
-        flipped = tmp_path / "f.tla"
+        flipped = tmp_path / "f.tlar"
         for i in range(len(good)):
             data = bytearray(good)
             data[i] ^= 0x80 if i % 2 else 0x01
@@ -349,7 +349,7 @@ def test_unknown_format_version_is_rejected(
 ) -> None:
     data = bytearray(good_archive)
     data[len(MAGIC)] = version
-    path = tmp_path / "v.tla"
+    path = tmp_path / "v.tlar"
     path.write_bytes(bytes(data))
     with pytest.raises(ArchiveError, match="version"):
         target.threads.restore_backup(path)
@@ -360,19 +360,19 @@ def test_unknown_format_version_is_rejected(
     "content", [b"", b"TLARCHV", b"PK\x03\x04 a zip file", b"SQLite format 3\x00" + b"\x00" * 100, b"{}"]
 )
 def test_non_archive_files_are_rejected(target: Store, tmp_path: Path, content: bytes) -> None:
-    path = tmp_path / "junk.tla"
+    path = tmp_path / "junk.tlar"
     path.write_bytes(content)
     rejected(target, path)
 
 
 def test_missing_file_and_directory_are_rejected(target: Store, tmp_path: Path) -> None:
-    rejected(target, tmp_path / "nope.tla")
+    rejected(target, tmp_path / "nope.tlar")
     rejected(target, tmp_path)
 
 
 def test_trailing_bytes_are_rejected(good_archive: bytes, target: Store, tmp_path: Path) -> None:
     for extra in (b"\x00", b"junk", good_archive[-20:]):
-        path = tmp_path / "trail.tla"
+        path = tmp_path / "trail.tlar"
         path.write_bytes(good_archive + extra)
         rejected(target, path)
 
@@ -382,11 +382,11 @@ def test_huge_declared_record_length_is_rejected(good_archive: bytes, target: St
     for length in (0xFFFFFFFF, (256 << 20) + 1, len(good_archive)):
         data = bytearray(good_archive)
         struct.pack_into(">I", data, start + 1, length)
-        path = tmp_path / "huge.tla"
+        path = tmp_path / "huge.tlar"
         path.write_bytes(bytes(data))
         rejected(target, path)
     # and a crafted file whose only record declares 4 GiB
-    path = tmp_path / "huge2.tla"
+    path = tmp_path / "huge2.tlar"
     path.write_bytes(MAGIC + bytes([FORMAT_VERSION]) + _HEAD.pack(b"H", 0xFFFFFFFF) + b"\x80")
     rejected(target, path)
 
@@ -399,14 +399,14 @@ def test_duplicated_value_record_is_rejected(good_archive: bytes, target: Store,
     records = parse(good_archive)
     i = _index(records, b"V")
     records.insert(i + 1, records[i])
-    rejected(target, craft(tmp_path / "dupv.tla", records))
+    rejected(target, craft(tmp_path / "dupv.tlar", records))
 
 
 def test_duplicated_checkpoint_record_is_rejected(good_archive: bytes, target: Store, tmp_path: Path) -> None:
     records = parse(good_archive)
     i = _index(records, b"C", 3)
     records.insert(i + 1, records[i])
-    rejected(target, craft(tmp_path / "dupc.tla", records))
+    rejected(target, craft(tmp_path / "dupc.tlar", records))
 
 
 def test_duplicated_thread_and_list_records_are_rejected(
@@ -414,9 +414,9 @@ def test_duplicated_thread_and_list_records_are_rejected(
 ) -> None:
     records = parse(good_archive)
     i = _index(records, b"T")
-    rejected(target, craft(tmp_path / "dupt.tla", [*records[: i + 1], records[i], *records[i + 1 :]]))
+    rejected(target, craft(tmp_path / "dupt.tlar", [*records[: i + 1], records[i], *records[i + 1 :]]))
     j = _index(records, b"L")
-    rejected(target, craft(tmp_path / "dupl.tla", [*records[: j + 1], records[j], *records[j + 1 :]]))
+    rejected(target, craft(tmp_path / "dupl.tlar", [*records[: j + 1], records[j], *records[j + 1 :]]))
 
 
 def test_list_entry_pointing_outside_the_archive_is_rejected(
@@ -427,7 +427,7 @@ def test_list_entry_pointing_outside_the_archive_is_rejected(
     payload = dict(records[i][1])
     payload["h"] = [*payload["h"][:-1], b"\x01" * 16]
     records[i] = (b"L", payload)
-    rejected(target, craft(tmp_path / "list.tla", records))
+    rejected(target, craft(tmp_path / "list.tlar", records))
 
 
 def _checkpoint_with(records: list[tuple[bytes, Any]], kind: int) -> int:
@@ -448,7 +448,7 @@ def test_checkpoint_entry_pointing_outside_the_archive_is_rejected(
     payload = dict(records[i][1])
     payload["v"] = {**payload["v"], "big": ref}
     records[i] = (b"C", payload)
-    rejected(target, craft(tmp_path / "ref.tla", records))
+    rejected(target, craft(tmp_path / "ref.tlar", records))
 
 
 @pytest.mark.parametrize("ref", [[1, [1, 2]], [2, {"a": 1}, 1]])
@@ -461,7 +461,7 @@ def test_checkpoint_entry_with_unhashable_reference_is_an_archive_error(
     payload["v"] = {**payload["v"], "big": ref}
     records[i] = (b"C", payload)
     with open_store("memory://") as s:
-        rejected(s, craft(tmp_path / "unhashable.tla", records))
+        rejected(s, craft(tmp_path / "unhashable.tlar", records))
 
 
 def test_value_whose_hash_does_not_match_is_rejected(
@@ -473,11 +473,11 @@ def test_value_whose_hash_does_not_match_is_rejected(
     other = Serializer()
     payload["d"] = other.pack(other.dumps("not the original value"))
     records[i] = (b"V", payload)
-    rejected(target, craft(tmp_path / "hash.tla", records))
+    rejected(target, craft(tmp_path / "hash.tlar", records))
     # a value whose bytes are not a valid frame at all
     payload["d"] = b"\xff\xff\xff"
     records[i] = (b"V", payload)
-    rejected(target, craft(tmp_path / "frame.tla", records))
+    rejected(target, craft(tmp_path / "frame.tlar", records))
 
 
 def test_decompression_bomb_is_rejected(tmp_path: Path) -> None:
@@ -485,7 +485,7 @@ def test_decompression_bomb_is_rejected(tmp_path: Path) -> None:
     framed = bytes([1]) + zstandard.ZstdCompressor().compress(raw)
     assert Serializer().unpack(framed) == raw  # a genuine compressed frame
     header = {"format": 1, "created_at": 1, "threads": ["t"], "extra": {}}
-    path = craft(tmp_path / "bomb.tla", [(b"H", header), (b"V", {"h": blob_hash(raw), "d": framed})])
+    path = craft(tmp_path / "bomb.tlar", [(b"H", header), (b"V", {"h": blob_hash(raw), "d": framed})])
     for url in ("memory://", f"sqlite:///{tmp_path}/bomb.db"):
         with open_store(url, serializer=Serializer(max_decompressed=10_000)) as s:
             rejected(s, path, (ArchiveError, LimitExceeded))
@@ -549,7 +549,7 @@ def test_structurally_broken_archives_are_rejected(
         records = [r for r in records if not (r[0] == b"T" and r[1]["id"] == "t2")]
         records = [r for r in records if not (r[0] in (b"C", b"L") and r[1]["t"] == "t2")]
     elif mutate == "count_mismatch":
-        path = tmp_path / "count.tla"
+        path = tmp_path / "count.tlar"
         with open(path, "wb") as f:
             w = _Writer(f)
             for tag, payload in records:
@@ -560,7 +560,7 @@ def test_structurally_broken_archives_are_rejected(
         return
     elif mutate == "not_a_mapping":
         records[c] = (b"C", [1, 2, 3])
-    rejected(target, craft(tmp_path / f"{mutate}.tla", records))
+    rejected(target, craft(tmp_path / f"{mutate}.tlar", records))
 
 
 @pytest.mark.parametrize("mutate", ["header_thread_id", "checkpoint_id", "branch_name"])
@@ -575,7 +575,7 @@ def test_malformed_ids_are_archive_errors(good_archive: bytes, tmp_path: Path, m
         i = _index(records, b"T")
         records[i] = (b"T", {**records[i][1], "default_branch": "../x"})
     with open_store("memory://") as s:
-        rejected(s, craft(tmp_path / "ids.tla", records))
+        rejected(s, craft(tmp_path / "ids.tlar", records))
 
 
 @pytest.mark.parametrize("mutate", ["metadata", "inline"])
@@ -592,7 +592,7 @@ def test_undecodable_metadata_or_inline_values_are_rejected(
         key = next(k for k, ref in rec["v"].items() if ref[0] == 0)
         records[i] = (b"C", {**rec, "v": {**rec["v"], key: [0, b"\x07\xc1"]}})
     with open_store("memory://") as s:
-        rejected(s, craft(tmp_path / "undecodable.tla", records))
+        rejected(s, craft(tmp_path / "undecodable.tlar", records))
 
 
 def test_expired_checkpoints_keep_their_expiry_through_backup(
@@ -602,7 +602,7 @@ def test_expired_checkpoints_keep_their_expiry_through_backup(
     c = source.threads.checkpoint(t, {"a": 1})
     source.threads.checkpoint(t, {"a": 2})
     source.checkpoints.set_expiry(c.id, datetime.now(UTC) - timedelta(seconds=1))
-    source.threads.backup(t, tmp_path / "e.tla")
-    target.threads.restore_backup(tmp_path / "e.tla")
+    source.threads.backup(t, tmp_path / "e.tlar")
+    target.threads.restore_backup(tmp_path / "e.tlar")
     assert target.threads.get(c.id).expires_at == source.threads.get(c.id).expires_at
     assert target.threads.get_state(c.id) == {"a": 1}

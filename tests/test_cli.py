@@ -120,7 +120,7 @@ def test_no_command_prints_help_and_usage_errors_exit_2(sample: Sample) -> None:
     result = run(sample, "log", "support-chat-42", "--all", "--branch", "main")
     assert result.exit_code == 2 and "--branch or --all" in result.output
     assert run(sample, "merge", "support-chat-42", "retry", "--strategy", "mine").exit_code == 2
-    result = run(sample, "backup", "restore", "x.tla", "--rename", "nonsense")
+    result = run(sample, "backup", "restore", "x.tlar", "--rename", "nonsense")
     assert result.exit_code == 2 and "OLD=NEW" in result.output
 
 
@@ -149,7 +149,7 @@ def test_debug_shows_the_traceback(sample: Sample) -> None:
 
 
 def test_os_errors_are_operational_errors(sample: Sample, tmp_path: Path) -> None:
-    err = failure(run(sample, "backup", "create", str(tmp_path / "missing" / "b.tla"), "-t", "batch-7"))
+    err = failure(run(sample, "backup", "create", str(tmp_path / "missing" / "b.tlar"), "-t", "batch-7"))
     assert "No such file or directory" in err
 
 
@@ -398,7 +398,7 @@ def test_bar_chart_scales_to_the_busiest_day() -> None:
 
 
 def test_backup_create_verify_restore_round_trip(sample: Sample, tmp_path: Path) -> None:
-    file = tmp_path / "chat.tla"
+    file = tmp_path / "chat.tlar"
     doc = run_json(sample, "backup", "create", str(file), "--thread", "support-chat-42", "-t", "batch-7")
     assert doc["session"] is None
     assert set(doc) == {
@@ -439,7 +439,7 @@ def test_backup_create_verify_restore_round_trip(sample: Sample, tmp_path: Path)
 def test_corrupt_or_foreign_archives_are_rejected_before_anything_is_written(
     sample: Sample, tmp_path: Path
 ) -> None:
-    file = tmp_path / "chat.tla"
+    file = tmp_path / "chat.tlar"
     run_json(sample, "backup", "create", str(file), "-t", "support-chat-42")
     data = bytearray(file.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -453,7 +453,7 @@ def test_corrupt_or_foreign_archives_are_rejected_before_anything_is_written(
     assert "is not a threadline archive" in failure(
         run(fresh, "backup", "verify", str(tmp_path / "notes.txt"))
     )
-    assert "does not exist" in failure(run(fresh, "backup", "restore", str(tmp_path / "nope.tla")))
+    assert "does not exist" in failure(run(fresh, "backup", "restore", str(tmp_path / "nope.tlar")))
     assert "did you mean" in failure(run(sample, "backup", "create", str(file), "-t", "support-chat"))
 
 
@@ -463,7 +463,7 @@ def test_progress_bars_only_on_a_terminal_and_never_with_json(
     terminal = io.StringIO()
     monkeypatch.setattr(app_module, "out", Console(file=terminal, force_terminal=True, width=100))
     monkeypatch.delenv("TERM", raising=False)
-    file = tmp_path / "b.tla"
+    file = tmp_path / "b.tlar"
     assert run(sample, "backup", "create", str(file), "-t", "support-chat-42").exit_code == 0
     assert run(sample, "backup", "verify", str(file)).exit_code == 0
     assert run(f"sqlite:///{tmp_path}/f.db", "backup", "restore", str(file)).exit_code == 0
@@ -604,9 +604,9 @@ def test_ctrl_c_inside_a_command_exits_130(sample: Sample, monkeypatch: pytest.M
     from threadline.threads import ThreadCheckpointService
 
     monkeypatch.setattr(ThreadCheckpointService, "verify_backup", interrupted)
-    result = run(sample, "backup", "verify", "x.tla")
+    result = run(sample, "backup", "verify", "x.tlar")
     assert result.exit_code == 130 and "interrupted" in result.stderr and result.stdout == ""
-    debug = runner.invoke(app, ["--store", sample.url, "--debug", "backup", "verify", "x.tla"])
+    debug = runner.invoke(app, ["--store", sample.url, "--debug", "backup", "verify", "x.tlar"])
     assert debug.exit_code == 130
 
 
@@ -617,8 +617,8 @@ def test_os_errors_without_a_file_name(sample: Sample, monkeypatch: pytest.Monke
     from threadline.threads import ThreadCheckpointService
 
     monkeypatch.setattr(ThreadCheckpointService, "backup", full)
-    assert "No space left on device" in failure(run(sample, "backup", "create", "b.tla", "-t", "batch-7"))
+    assert "No space left on device" in failure(run(sample, "backup", "create", "b.tlar", "-t", "batch-7"))
     debug = runner.invoke(
-        app, ["--store", sample.url, "--debug", "backup", "create", "b.tla", "-t", "batch-7"]
+        app, ["--store", sample.url, "--debug", "backup", "create", "b.tlar", "-t", "batch-7"]
     )
     assert isinstance(debug.exception, OSError)

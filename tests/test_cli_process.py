@@ -89,8 +89,8 @@ def big_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_ctrl_c_during_backup_leaves_no_file_and_exits_130(big_store: str, tmp_path: Path) -> None:
-    target = tmp_path / "big.tla"
-    partial = tmp_path / "big.tla.partial"
+    target = tmp_path / "big.tlar"
+    partial = tmp_path / "big.tlar.partial"
     proc = subprocess.Popen(
         [EXE, "--store", big_store, "backup", "create", str(target), "--thread", "big"],
         stdout=subprocess.PIPE,

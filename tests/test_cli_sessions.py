@@ -358,7 +358,7 @@ def test_sync_point_bad_input(url: str) -> None:
 def test_session_backup_round_trip(url: str, tmp_path: Path) -> None:
     assert run(url, "sync-point", "create", "run", "p1").exit_code == 0
     assert run(url, "policy", "set", "--thread", "coder", "--max-checkpoints", "2").exit_code == 0
-    file = tmp_path / "run.tla"
+    file = tmp_path / "run.tlar"
     doc = run_json(url, "backup", "create", str(file), "--session", "run")
     assert doc["session"] == "run" and set(doc["threads"]) == {"planner", "coder"}
     assert run_json(url, "backup", "verify", str(file))["session"] == "run"
@@ -373,21 +373,21 @@ def test_session_backup_round_trip(url: str, tmp_path: Path) -> None:
         f"sqlite:///{tmp_path}/third.db", "backup", "restore", str(file), "--as-session", "copy"
     ).stdout
     assert "session: copy" in text
-    assert "wrote" in run(url, "backup", "create", str(tmp_path / "again.tla"), "-s", "run").stdout
+    assert "wrote" in run(url, "backup", "create", str(tmp_path / "again.tlar"), "-s", "run").stdout
 
 
 def test_session_backup_bad_input(url: str, tmp_path: Path) -> None:
-    file = tmp_path / "x.tla"
+    file = tmp_path / "x.tlar"
     assert "did you mean 'run'" in failure(run(url, "backup", "create", str(file), "--session", "runn"))
     assert not file.exists()
     assert "--thread T" in run(url, "backup", "create", str(file)).output
     result = run(url, "backup", "create", str(file), "--session", "run", "--thread", "coder")
     assert result.exit_code == 2
-    threads_file = tmp_path / "t.tla"
+    threads_file = tmp_path / "t.tlar"
     assert run(url, "backup", "create", str(threads_file), "-t", "loose").exit_code == 0
     result = run(f"sqlite:///{tmp_path}/o.db", "backup", "restore", str(threads_file), "--as-session", "s")
     assert result.exit_code == 2 and "holds threads, not a session" in result.output
-    session_file = tmp_path / "s.tla"
+    session_file = tmp_path / "s.tlar"
     assert run(url, "backup", "create", str(session_file), "-s", "run").exit_code == 0
     result = run(f"sqlite:///{tmp_path}/o.db", "backup", "restore", str(session_file), "--rename", "coder=c2")
     assert result.exit_code == 2 and "--rename applies to thread archives" in result.output

@@ -782,7 +782,7 @@ def test_stranger_and_unknown_role(team: tuple[Store, str, str]) -> None:
         lambda: store.threads.get_state(c, actor="mallory"),
         lambda: store.threads.participants(t, actor="mallory"),
         lambda: store.threads.checkpoint(t, {"x": 1}, actor="mallory"),
-        lambda: store.threads.backup(t, "/nonexistent/x.tla", actor="mallory"),
+        lambda: store.threads.backup(t, "/nonexistent/x.tlar", actor="mallory"),
         lambda: store.threads.copy_thread(t, "stolen", actor="mallory"),
     ]:
         with pytest.raises(PermissionDenied):

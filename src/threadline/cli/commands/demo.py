@@ -308,7 +308,7 @@ def demo() -> None:
             f"policy show --thread {tid}",
             f"sync-point list {session}",
             f"cleanup --session {session} --dry-run",
-            f"backup create {session}.tla --session {session}",
+            f"backup create {session}.tlar --session {session}",
             "check",
         ):
             out.print(f"  {escape(prefix)} {escape(command)}", soft_wrap=True)
