@@ -39,6 +39,14 @@ def test_unknown_scheme(tmp_path: Path) -> None:
     assert err.startswith("error: unknown store URL scheme 'redis'")
 
 
+def test_unreachable_postgresql(tmp_path: Path) -> None:
+    # port 9 (discard) on the loopback: nothing listens, the connection is refused at once
+    err = assert_clean_failure(
+        threadline("--store", "postgresql://postgres@127.0.0.1:9/test?connect_timeout=2", "threads")
+    )
+    assert err.startswith("error:") and "127.0.0.1" in err
+
+
 def test_environment_variable_names_the_store(tmp_path: Path) -> None:
     env = {**os.environ, "THREADLINE_URL": "nope://x"}
     proc = subprocess.run([EXE, "threads"], capture_output=True, text=True, timeout=60, env=env)
