@@ -104,19 +104,31 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Call
 
 @pytest.fixture(scope="session", autouse=True)
 def _drop_test_schemas() -> Iterator[None]:
-    """Drop the PostgreSQL schemas the suites created (named tl_* or t_*) when the session ends."""
+    """Drop the PostgreSQL schemas this test session created (named tl_* or t_*) when it ends.
+
+    Schemas that existed when the session started are left alone: another run (a crash suite,
+    a benchmark) may be using them.
+    """
+    before = _test_schemas()
     yield
+    created = _test_schemas() - before
+    if not created:
+        return
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3) as conn:
+        for name in sorted(created):
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+def _test_schemas() -> set[str]:
     try:
         import psycopg
 
         with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3) as conn:
-            names = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tl\\_%' OR nspname LIKE 't\\_%'"
-                )
-            ]
-            for name in names:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    except Exception:  # no server, or no driver: nothing was created
-        return
+            rows = conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tl\\_%' OR nspname LIKE 't\\_%'"
+            ).fetchall()
+            return {r[0] for r in rows}
+    except Exception:  # no server, or no driver: nothing to drop
+        return set()
