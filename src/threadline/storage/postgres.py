@@ -1346,8 +1346,8 @@ class PostgresRepository(CheckpointRepository):
     def _insert_thread(self, c: Conn, thread: ThreadRow) -> int:
         row = self._x(
             c,
-            "INSERT INTO {s}.threads (id, created_at, session_id, metadata, default_branch, origin) "
-            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING tkey",
+            "INSERT INTO {s}.threads (id, created_at, session_id, metadata, default_branch, origin, policy) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING tkey",
             (
                 thread.id,
                 thread.created_at,
@@ -1355,6 +1355,7 @@ class PostgresRepository(CheckpointRepository):
                 thread.metadata,
                 thread.default_branch,
                 thread.origin,
+                thread.policy,
             ),
         ).fetchone()
         if row is None:
