@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 
 from threadline.errors import NotFound
-from threadline.model import Branch, Checkpoint, Session, SyncPoint, Thread
+from threadline.model import Branch, Checkpoint, Session, SyncPoint, Thread, iterate_pages
 from threadline.store import Store
 
 _MAX_THREADS_FOR_SUGGESTIONS = 10_000
@@ -26,13 +26,9 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
 
 def all_threads(store: Store, session: str | None = None) -> Iterator[Thread]:
     """Every thread (of one session), by id, fetched in pages."""
-    cursor: str | None = None
-    while True:
-        page = store.threads.list_threads(session_id=session, cursor=cursor, limit=500)
-        yield from page.items
-        if page.next_cursor is None:
-            return
-        cursor = page.next_cursor
+    return iterate_pages(
+        lambda cursor: store.threads.list_threads(session_id=session, cursor=cursor, limit=500)
+    )
 
 
 def thread(store: Store, thread_id: str) -> Thread:
@@ -59,13 +55,7 @@ def branch(store: Store, thread_id: str, name: str) -> Branch:
 
 def all_sessions(store: Store) -> Iterator[Session]:
     """Every session, by id, fetched in pages."""
-    cursor: str | None = None
-    while True:
-        page = store.sessions.list_sessions(cursor=cursor, limit=500)
-        yield from page.items
-        if page.next_cursor is None:
-            return
-        cursor = page.next_cursor
+    return iterate_pages(lambda cursor: store.sessions.list_sessions(cursor=cursor, limit=500))
 
 
 def session(store: Store, session_id: str) -> Session:
