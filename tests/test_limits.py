@@ -238,3 +238,18 @@ def test_a_decompression_bomb_in_an_archive_is_rejected_within_the_documented_bo
     assert result["peak"] < 256 * MB + 64 * MB
     with open_store(url) as store:
         assert store.checkpoints.stats().threads == 0
+
+
+@pytest.mark.parametrize("shape", ["value", "item"])
+def test_max_value_bytes_refuses_one_large_value(shape: str) -> None:
+    from threadline import LimitExceeded, open_store
+
+    with open_store("memory://", max_value_bytes=1000) as store:
+        store.checkpoints.create_thread("t")
+        store.checkpoints.create("t", {"small": "x" * 500, "items": ["y" * 500, "z" * 500]})
+        big = "b" * 2000
+        state = {"doc": big} if shape == "value" else {"items": ["y" * 500, "z" * 500, big]}
+        with pytest.raises(LimitExceeded, match="limit for one value is 1000 bytes") as info:
+            store.checkpoints.create("t", state)
+        assert ("state['doc']" if shape == "value" else "an item of state['items']") in str(info.value)
+        assert len(store.checkpoints.list("t").items) == 1  # nothing written

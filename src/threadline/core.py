@@ -233,6 +233,8 @@ class CheckpointDomainService:
         serializer: the safe serializer (register your own types on it).
         inline_limit: values whose stored form is at most this many bytes stay
             inside the manifest instead of becoming blobs.
+        max_value_bytes: refuse a state holding one value (a top-level value, or an item
+            of a stored list) whose serialized size exceeds this (None: no limit).
         max_state_bytes: refuse states whose serialized size exceeds this
             (None: no limit).
         list_min_items: lists with at least this many items are stored as item
@@ -246,12 +248,14 @@ class CheckpointDomainService:
         *,
         inline_limit: int = 24,
         max_state_bytes: int | None = 256 << 20,
+        max_value_bytes: int | None = 64 << 20,
         list_min_items: int = 2,
     ) -> None:
         self.repository = repository
         self.serializer = serializer
         self.inline_limit = inline_limit
         self.max_state_bytes = max_state_bytes
+        self.max_value_bytes = max_value_bytes
         self.list_min_items = list_min_items
         self._caches = _Caches()
 
@@ -610,10 +614,12 @@ class CheckpointDomainService:
                 manifest[key] = ref
                 logical += len(body) + len(array_header(len(value)))
                 if append is not None:
+                    self._check_value_size(max(new_items, key=len, default=b""), f"an item of {path}")
                     lists.append(append)
                     bodies[key] = (prefix, new_items, body)
                 continue
             data = self.serializer.dumps(value, path=path)
+            self._check_value_size(data, path)
             logical += len(data)
             framed = self.serializer.pack(data)
             if len(framed) <= self.inline_limit:
@@ -624,6 +630,12 @@ class CheckpointDomainService:
             if not (isinstance(old, BlobRef) and old.hash == digest) and not self._caches.has_blob(digest):
                 blobs.append(NewBlob(digest, framed))
         return _Plan(manifest, blobs, lists, bodies, logical)
+
+    def _check_value_size(self, data: bytes, what: str) -> None:
+        if self.max_value_bytes is not None and len(data) > self.max_value_bytes:
+            raise LimitExceeded(
+                f"{what} is {len(data)} bytes serialized; the limit for one value is {self.max_value_bytes} bytes"
+            )
 
     def _plan_list(
         self, value: list[Any], path: str, old: Ref | None
