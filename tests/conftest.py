@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sqlite3
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -132,3 +135,35 @@ def _test_schemas() -> set[str]:
             return {r[0] for r in rows}
     except Exception:  # no server, or no driver: nothing to drop
         return set()
+
+
+def postgres_available() -> bool:
+    """Whether PostgreSQL suites run: when its backend imports and (outside CI) a server answers.
+
+    In CI (``CI`` set) they always run, so an unreachable server fails them instead of skipping.
+    """
+    try:
+        importlib.import_module("threadline.storage.postgres")
+    except ImportError:
+        return False
+    if os.environ.get("CI"):
+        return True
+    try:
+        import psycopg
+
+        psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
+    except Exception:
+        return False
+    return True
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` (the long-run harnesses the tests drive in short settings)."""
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

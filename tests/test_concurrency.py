@@ -6,52 +6,24 @@ The workers, the checks and the long setting live in ``scripts/concurrency_suite
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from conftest import POSTGRES_URL as PG_URL
+from conftest import load_script, postgres_available
+
 ROOT = Path(__file__).resolve().parents[1]
 WRITES = int(os.environ.get("THREADLINE_CONCURRENCY_WRITES", "25"))
-PG_URL = os.environ.get("THREADLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+conc = load_script("concurrency_suite")
 
 
-conc = _load("concurrency_suite")
-
-
-def _postgres_available() -> bool:
-    """PostgreSQL runs when its backend imports and (outside CI) a server answers; in CI it must run."""
-    try:
-        importlib.import_module("threadline.storage.postgres")
-    except ImportError:
-        return False
-    if os.environ.get("CI"):
-        return True
-    try:
-        import psycopg
-
-        psycopg.connect(PG_URL, connect_timeout=2).close()
-    except Exception:
-        return False
-    return True
-
-
-BACKENDS = ["sqlite"] + (["postgresql"] if _postgres_available() else [])
+BACKENDS = ["sqlite"] + (["postgresql"] if postgres_available() else [])
 
 
 @pytest.fixture(params=BACKENDS)

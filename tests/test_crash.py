@@ -6,54 +6,26 @@ The writer, the checker and the long setting live in ``scripts/crash_suite.py``
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sqlite3
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from conftest import POSTGRES_URL as PG_URL
+from conftest import load_script, postgres_available
 from threadline import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLS = int(os.environ.get("THREADLINE_CRASH_KILLS", "8"))
-PG_URL = os.environ.get("THREADLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+crash = load_script("crash_suite")
 
 
-crash = _load("crash_suite")
-
-
-def _postgres_available() -> bool:
-    """PostgreSQL runs when its backend imports and (outside CI) a server answers; in CI it must run."""
-    try:
-        importlib.import_module("threadline.storage.postgres")
-    except ImportError:
-        return False
-    if os.environ.get("CI"):
-        return True
-    try:
-        import psycopg
-
-        psycopg.connect(PG_URL, connect_timeout=2).close()
-    except Exception:
-        return False
-    return True
-
-
-BACKENDS = ["sqlite"] + (["postgresql"] if _postgres_available() else [])
+BACKENDS = ["sqlite"] + (["postgresql"] if postgres_available() else [])
 
 
 @pytest.fixture(params=BACKENDS)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import importlib
 import math
-import os
 import random
 import struct
 import sys
@@ -27,6 +25,8 @@ import zstandard
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from conftest import POSTGRES_URL as PG_URL
+from conftest import postgres_available
 from threadline import (
     AlreadyExists,
     CheckpointFilter,
@@ -58,28 +58,10 @@ EXAMPLES = {
     "archive_declared_sizes": 40,
     "archive_crafted_records": 80,
 }
-PG_URL = os.environ.get("THREADLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-def _postgres_available() -> bool:
-    """PostgreSQL runs when its backend imports and (outside CI) a server answers; in CI it must run."""
-    try:
-        importlib.import_module("threadline.storage.postgres")
-    except ImportError:
-        return False
-    if os.environ.get("CI"):
-        return True
-    try:
-        import psycopg
-
-        psycopg.connect(PG_URL, connect_timeout=2).close()
-    except Exception:
-        return False
-    return True
-
-
-BACKENDS = ["memory", "sqlite"] + (["postgresql"] if _postgres_available() else [])
+BACKENDS = ["memory", "sqlite"] + (["postgresql"] if postgres_available() else [])
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -6,7 +6,6 @@ resident set before the measured work), so the figures are not disturbed by the 
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -18,31 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import sqlite_counts
+from conftest import POSTGRES_URL as PG_URL
+from conftest import postgres_available, sqlite_counts
 from threadline import InvalidInput, LimitExceeded, open_store
 
-PG_URL = os.environ.get("THREADLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 MB = 1 << 20
 
 
-def _postgres_available() -> bool:
-    """PostgreSQL runs when its backend imports and (outside CI) a server answers; in CI it must run."""
-    try:
-        importlib.import_module("threadline.storage.postgres")
-    except ImportError:
-        return False
-    if os.environ.get("CI"):
-        return True
-    try:
-        import psycopg
-
-        psycopg.connect(PG_URL, connect_timeout=2).close()
-    except Exception:
-        return False
-    return True
-
-
-DURABLE = ["memory", "sqlite"] + (["postgresql"] if _postgres_available() else [])
+DURABLE = ["memory", "sqlite"] + (["postgresql"] if postgres_available() else [])
 
 
 def _url(backend: str, tmp_path: Path, name: str = "s") -> str:
