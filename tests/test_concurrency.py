@@ -16,7 +16,6 @@ import pytest
 from conftest import POSTGRES_URL as PG_URL
 from conftest import load_script, postgres_available
 
-ROOT = Path(__file__).resolve().parents[1]
 WRITES = int(os.environ.get("THREADLINE_CONCURRENCY_WRITES", "25"))
 
 

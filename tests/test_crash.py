@@ -18,7 +18,6 @@ from conftest import POSTGRES_URL as PG_URL
 from conftest import load_script, postgres_available
 from threadline import open_store
 
-ROOT = Path(__file__).resolve().parents[1]
 KILLS = int(os.environ.get("THREADLINE_CRASH_KILLS", "8"))
 
 
