@@ -113,6 +113,18 @@ def _value_text(name: str, value: Any) -> str:
     return format_duration(value)
 
 
+def _thread_policy_doc(
+    thread_id: str, session_id: str | None, effective: Policy, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """The JSON document of a thread's policy (``policy show`` and ``policy set``)."""
+    return {
+        "scope": {"session": None, "thread": thread_id},
+        "policy": policy_doc(effective),
+        "overrides": policy_doc(overrides),
+        "inherited_from": session_id,
+    }
+
+
 def _policy_table(title: str, policy: Policy, overridden: set[str], inherited: str) -> None:
     table = render.make_table(title)
     table.add_column("field")
@@ -146,14 +158,7 @@ def policy_show(
             overrides = store.sessions.thread_overrides(t.id)
             inherited = f"session {t.session_id}" if t.session_id else "default"
             if as_json:
-                emit_json(
-                    {
-                        "scope": {"session": None, "thread": t.id},
-                        "policy": policy_doc(effective),
-                        "overrides": policy_doc(overrides),
-                        "inherited_from": t.session_id,
-                    }
-                )
+                emit_json(_thread_policy_doc(t.id, t.session_id, effective, overrides))
                 return
             _policy_table(f"policy of thread {t.id}", effective, set(overrides), inherited)
             return
@@ -264,14 +269,7 @@ def policy_set(
             overrides.update(fields)
             effective = store.sessions.set_thread_policy(t.id, overrides)
             if as_json:
-                emit_json(
-                    {
-                        "scope": {"session": None, "thread": t.id},
-                        "policy": policy_doc(effective),
-                        "overrides": policy_doc(overrides),
-                        "inherited_from": t.session_id,
-                    }
-                )
+                emit_json(_thread_policy_doc(t.id, t.session_id, effective, overrides))
                 return
             inherited = f"session {t.session_id}" if t.session_id else "default"
             _policy_table(f"policy of thread {t.id} (set)", effective, set(overrides), inherited)
