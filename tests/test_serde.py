@@ -746,3 +746,51 @@ def test_property_unpack_raises_only_serialization_error(data: bytes) -> None:
         SER.unpack(data)
     except SerializationError:
         pass
+
+
+# ---------------------------------------------------------------- list runs
+
+
+def test_dumps_runs_join_to_the_whole_list_and_stay_small() -> None:
+    ser = Serializer()
+    items: list[Any] = [{"i": i, "text": "x" * (i % 3000)} for i in range(400)]
+    runs = ser.dumps_runs(items, path="state['l']")
+    assert sum(run.count for run in runs) == len(items)
+    whole = ser.dumps(items)
+    body = b"".join(run.data[run.start :] for run in runs)
+    assert whole == serde.array_header(len(items)) + body
+    assert len(runs) > 1
+    assert max(run.size for run in runs) < 4 * serde.RUN_BYTES
+    assert ser.dumps_runs([]) == []
+
+
+def test_dumps_runs_names_the_failing_item_in_a_late_run() -> None:
+    ser = Serializer()
+    items: list[Any] = [{"text": "y" * 1000} for _ in range(200)]
+    items[170] = {"payload": socket.socket}
+    with pytest.raises(SerializationError, match=r"state\['l'\]\[170\]\['payload'\]"):
+        ser.dumps_runs(items, path="state['l']")
+
+
+def test_dumps_runs_non_str_keys_take_the_careful_path() -> None:
+    ser = Serializer()
+    items: list[Any] = [{1: "a"}, {(2, 3): "b"}, "c"]
+    runs = ser.dumps_runs(items)
+    assert ser.loads(serde.array_header(3) + b"".join(r.data[r.start :] for r in runs)) == items
+
+
+def test_item_run_begins_with_compares_whole_items() -> None:
+    ser = Serializer()
+    items = ["a", "bb", "ccc"]
+    (run,) = ser.dumps_runs(items)
+    encoded = ser.dumps_items(items)
+    assert run.begins_with(encoded[:2])
+    assert run.begins_with(encoded)
+    assert not run.begins_with([encoded[0], ser.dumps("bx")])
+
+
+def test_loads_items_decodes_across_runs() -> None:
+    ser = Serializer()
+    items = [{"i": i, "text": "z" * 700} for i in range(500)]
+    assert ser.loads_items(ser.dumps_items(items)) == items
+    assert ser.loads_items([]) == []

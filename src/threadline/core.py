@@ -61,7 +61,7 @@ from threadline.model import (
     validate_id,
     validate_name,
 )
-from threadline.serde import Serializer, array_header, frame_key_id
+from threadline.serde import ItemRun, Serializer, array_header, frame_key_id
 from threadline.storage.base import (
     UNSET,
     BlobRef,
@@ -115,16 +115,12 @@ _HEADER_KEYS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class _ListCache:
-    """Serialized items of a stored list prefix: concatenated bodies and item offsets."""
+    """The encodings (unframed) of a stored list's first items, and their total size."""
 
-    body: bytes | memoryview
-    offsets: list[int]  # offsets[i] = where item i starts; offsets[-1] = len(body)
-
-    @property
-    def length(self) -> int:
-        return len(self.offsets) - 1
+    items: list[bytes]
+    size: int
 
 
 class _Caches:
@@ -164,12 +160,12 @@ class _Caches:
         with self.lock:
             old = self.lists.pop(list_id, None)
             if old is not None:
-                self.list_bytes -= len(old.body)
+                self.list_bytes -= old.size
             self.lists[list_id] = entry
-            self.list_bytes += len(entry.body)
+            self.list_bytes += entry.size
             while self.list_bytes > self.max_bytes and len(self.lists) > 1:
                 _, dropped = self.lists.popitem(last=False)
-                self.list_bytes -= len(dropped.body)
+                self.list_bytes -= dropped.size
 
     def has_blob(self, digest: bytes) -> bool:
         with self.lock:
@@ -220,8 +216,8 @@ class _Plan:
     manifest: Manifest
     blobs: list[NewBlob]
     lists: list[ListAppend]
-    #: state key -> (known prefix, new item encodings, the whole list's item bytes)
-    list_bodies: dict[str, tuple[_ListCache | None, list[bytes], memoryview]]
+    #: state key -> the encodings of all items of the list written under it
+    list_bodies: dict[str, _ListCache]
     logical_size: int
 
 
@@ -589,13 +585,10 @@ class CheckpointDomainService:
         self._caches.remember_head(row)
         for blob in plan.blobs:
             self._caches.remember_blob(blob.hash)
-        for key, (prefix, new_items, body) in plan.list_bodies.items():
+        for key, entry in plan.list_bodies.items():
             ref = row.manifest[key]
             assert isinstance(ref, ListRef)
-            offsets = [*prefix.offsets] if prefix else [0]
-            for item in new_items:
-                offsets.append(offsets[-1] + len(item))
-            self._caches.remember_list(ref.list_id, _ListCache(body, offsets))
+            self._caches.remember_list(ref.list_id, entry)
 
     # ------------------------------------------------------------ encoding
 
@@ -603,20 +596,19 @@ class CheckpointDomainService:
         manifest: Manifest = {}
         blobs: list[NewBlob] = []
         lists: list[ListAppend] = []
-        bodies: dict[str, tuple[_ListCache | None, list[bytes], memoryview]] = {}
+        bodies: dict[str, _ListCache] = {}
         logical = 0
         parent_manifest = parent.manifest if parent else {}
         for key, value in state.items():
             path = f"state[{key!r}]"
             old = parent_manifest.get(key)
             if type(value) is list and len(value) >= self.list_min_items:
-                ref, append, prefix, new_items, body = self._plan_list(value, path, old)
+                ref, append, entry = self._plan_list(value, path, old)
                 manifest[key] = ref
-                logical += len(body) + len(array_header(len(value)))
+                logical += entry.size + len(array_header(len(value)))
                 if append is not None:
-                    self._check_value_size(max(new_items, key=len, default=b""), f"an item of {path}")
                     lists.append(append)
-                    bodies[key] = (prefix, new_items, body)
+                    bodies[key] = entry
                 continue
             data = self.serializer.dumps(value, path=path)
             self._check_value_size(data, path)
@@ -639,28 +631,26 @@ class CheckpointDomainService:
 
     def _plan_list(
         self, value: list[Any], path: str, old: Ref | None
-    ) -> tuple[ListRef, ListAppend | None, _ListCache | None, list[bytes], memoryview]:
+    ) -> tuple[ListRef, ListAppend | None, _ListCache]:
         """Store a list as "the first n items of list L", appending only what is new.
 
-        The new list is serialized whole (one C call) and its bytes compared with
-        the parent's list bytes, so an item changed in place is never mistaken for
-        an unchanged one.
+        The new list is encoded whole (in runs of items, one C call each) and its bytes
+        compared with the parent's list's bytes, so an item changed in place is never
+        mistaken for an unchanged one. Returns the reference, the append to store (None
+        when the list is a prefix of the parent's) and the encodings of all its items.
         """
-        whole = self.serializer.dumps(value, path=path)
-        header = len(array_header(len(value)))
-        body = memoryview(whole)[header:]
-        start, prefix = 0, None
-        if isinstance(old, ListRef):
-            start, prefix = self._common_prefix(value, whole, header, path, old)
+        runs = self.serializer.dumps_runs(value, path=path)
+        start, known = (self._common_prefix(value, runs, path, old)) if isinstance(old, ListRef) else (0, [])
         if isinstance(old, ListRef) and start == len(value):
-            return ListRef(old.list_id, start), None, None, [], body
-        new_items = self.serializer.dumps_items(value[start:], path=path)
+            return ListRef(old.list_id, start), None, _ListCache(known, sum(map(len, known)))
+        new_items = self.serializer.dumps_items(value[start:], path=path, first=start)
+        self._check_value_size(max(new_items, key=len), f"an item of {path}")
         if isinstance(old, ListRef) and start > 0:
             list_id, base = (
                 (old.list_id, None) if start == old.length else (random_list_id(), (old.list_id, start))
             )
         else:
-            list_id, base, prefix = random_list_id(), None, None
+            list_id, base = random_list_id(), None
         framed = [self.serializer.pack(item) for item in new_items]
         append = ListAppend(
             list_id=list_id,
@@ -670,38 +660,38 @@ class CheckpointDomainService:
             fork_id=0,
             base=base,
         )
-        return ListRef(list_id, len(value)), append, prefix, new_items, body
+        items = [*known, *new_items]
+        return ListRef(list_id, len(value)), append, _ListCache(items, sum(run.size for run in runs))
 
     def _common_prefix(
-        self, value: list[Any], whole: bytes, start: int, path: str, old: ListRef
-    ) -> tuple[int, _ListCache | None]:
-        """How many leading items the new list (serialized in ``whole`` from
-        ``start``) shares with the stored list ``old``."""
+        self, value: list[Any], runs: Sequence[ItemRun], path: str, old: ListRef
+    ) -> tuple[int, builtins.list[bytes]]:
+        """How many leading items the new list (encoded in ``runs``) shares with the
+        stored list ``old``, and their encodings."""
         cached = self._caches.list(old.list_id)
-        if cached is not None and cached.length >= old.length:
-            end = cached.offsets[min(old.length, len(value))]
-            if old.length <= len(value) and whole.startswith(memoryview(cached.body)[:end], start):
-                if cached.length == old.length:
-                    return old.length, cached
-                return old.length, _ListCache(cached.body[:end], cached.offsets[: old.length + 1])
-            stored: Sequence[bytes | memoryview] = [
-                cached.body[cached.offsets[i] : cached.offsets[i + 1]] for i in range(old.length)
-            ]
+        if cached is not None and len(cached.items) >= old.length:
+            stored = cached.items
         else:
             try:
                 stored = self._read_list_raw(old, "parent")
             except (IntegrityError, NotFound, SerializationError):
-                return 0, None
-        mine = self.serializer.dumps_items(value[: len(stored)], path=path)
+                return 0, []
+        limit = min(old.length, len(value))
         count = 0
-        for a, b in zip(mine, stored, strict=False):
-            if a != b:
+        for run in runs:
+            if count >= limit:
                 break
-            count += 1
-        offsets = [0]
-        for item in stored[:count]:
-            offsets.append(offsets[-1] + len(item))
-        return count, _ListCache(b"".join(stored[:count]), offsets)
+            take = min(run.count, limit - count)
+            if run.begins_with(stored[count : count + take]):
+                count += take
+                continue
+            mine = self.serializer.dumps_items(value[count : count + take], path=path, first=count)
+            for a, b in zip(mine, stored[count : count + take], strict=True):
+                if a != b:
+                    break
+                count += 1
+            break
+        return count, stored[:count]
 
     def _read_list_raw(self, ref: ListRef, checkpoint_id: str) -> list[bytes]:
         try:

@@ -319,6 +319,21 @@ class StoreConformance:
         assert_exact(store.checkpoints.get_state(third.id), {"msgs": expected_third})
         assert_exact(store.checkpoints.get_state(fourth.id), {"msgs": ["replaced", *expected_third[1:]]})
 
+    def test_long_list_mutated_in_place_deep_inside_is_stored_as_at_write_time(self, store: Store) -> None:
+        # ~300 kB: the list is encoded and compared in many runs of items; a change in a
+        # late run, and one that only changes a type (1 -> 1.0), must both be seen.
+        store.checkpoints.create_thread("t")
+        msgs: list[Any] = [{**message(i), "n": 1, "pad": text(900, i)} for i in range(300)]
+        first = store.checkpoints.create("t", {"msgs": msgs})
+        snapshot = copy.deepcopy(msgs)
+        msgs[250]["content"] = "edited late in the list"
+        msgs[299]["n"] = 1.0
+        msgs.append(message(300))
+        second = store.checkpoints.create("t", {"msgs": msgs})
+        assert_exact(store.checkpoints.get_state(first.id), {"msgs": snapshot})
+        assert_exact(store.checkpoints.get_state(second.id), {"msgs": copy.deepcopy(msgs)})
+        assert second.stored_size < first.stored_size
+
     def test_list_changes_read_back_exactly(self, store: Store) -> None:
         store.checkpoints.create_thread("t")
         base = [message(i) for i in range(20)]
