@@ -755,7 +755,7 @@ def test_dumps_runs_join_to_the_whole_list_and_stay_small() -> None:
     ser = Serializer()
     items: list[Any] = [{"i": i, "text": "x" * (i % 3000)} for i in range(400)]
     runs = ser.dumps_runs(items, path="state['l']")
-    assert sum(run.count for run in runs) == len(items)
+    assert sum(run.length for run in runs) == len(items)
     whole = ser.dumps(items)
     body = b"".join(run.data[run.start :] for run in runs)
     assert whole == serde.array_header(len(items)) + body

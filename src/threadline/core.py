@@ -681,7 +681,7 @@ class CheckpointDomainService:
         for run in runs:
             if count >= limit:
                 break
-            take = min(run.count, limit - count)
+            take = min(run.length, limit - count)
             if run.begins_with(stored[count : count + take]):
                 count += take
                 continue

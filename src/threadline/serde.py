@@ -106,9 +106,9 @@ _BASES = (str, int, float, bytes, list, dict, tuple, set, frozenset, dt.date, dt
 
 class ItemRun(NamedTuple):
     """Consecutive list items encoded in one call: ``data[start:]`` is the concatenation
-    of the ``count`` items' encodings (msgpack values, so no item is a prefix of another)."""
+    of the ``length`` items' encodings (msgpack values, so no item is a prefix of another)."""
 
-    count: int
+    length: int
     data: bytes
     start: int
 
