@@ -308,3 +308,45 @@ def test_several_processes_write_one_file(tmp_path: Path) -> None:
             assert len(own) == WRITES
             expected = [message(w * 1000 + i, 50) for i in range(WRITES)]
             assert_exact(cps.get_state(own[0].id), {"msgs": expected, "w": w})
+
+
+def _wal_frames(path: Path) -> int:
+    wal = Path(f"{path}-wal")
+    return (wal.stat().st_size - 32) // (8192 + 24) if wal.exists() else 0
+
+
+def test_wal_is_checkpointed_in_the_background_and_stays_bounded(tmp_path: Path) -> None:
+    from threadline.storage import sqlite as backend
+
+    path = tmp_path / "s.db"
+    with open_store(url(path)) as store:
+        repo = store.checkpoints.repository
+        assert isinstance(repo, backend.SQLiteRepository)
+        checkpointer = repo._checkpointer
+        assert checkpointer is not None
+        store.checkpoints.create_thread("t")
+        msgs: list[Any] = []
+        for i in range(6 * backend.CHECKPOINT_EVERY_COMMITS):
+            msgs.append(message(i, 600))
+            store.checkpoints.create("t", {"msgs": msgs, "i": i})
+        assert checkpointer.runs >= 1
+        # Writers no longer auto-checkpoint at 1000 pages but at the fallback limit, and the
+        # background checkpoints let the WAL restart from its beginning long before that.
+        assert _wal_frames(path) < backend.FALLBACK_AUTOCHECKPOINT_PAGES
+        latest = store.checkpoints.latest("t")
+        assert latest is not None
+        assert_exact(store.checkpoints.get_state(latest.id), {"msgs": msgs, "i": len(msgs) - 1})
+        thread = checkpointer._thread
+    assert thread is not None and not thread.is_alive()
+    with open_store(url(path)) as again:
+        assert len(again.checkpoints.list("t", limit=1000).items) == 6 * backend.CHECKPOINT_EVERY_COMMITS
+
+
+def test_store_on_an_existing_connection_keeps_sqlite_auto_checkpoint(tmp_path: Path) -> None:
+    from threadline.storage.sqlite import SQLiteRepository
+
+    conn = sqlite3.connect(tmp_path / "c.db", check_same_thread=False)
+    repo = SQLiteRepository(connection=conn)
+    assert repo._checkpointer is None
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    repo.close()
