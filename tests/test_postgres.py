@@ -7,6 +7,7 @@ skipped without one unless CI is set. Writers in several processes: test_postgre
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -24,11 +25,13 @@ import pytest
 
 from conftest import with_schema
 from threadline import InvalidInput, SchemaError, StorageError, Store, open_store
-from threadline.errors import Conflict
+from threadline.errors import Conflict, IntegrityError
+from threadline.serde import KeyRing
+from threadline.storage import postgres as pg
 from threadline.storage.base import GcReport, ListRef, SyncPointRow
 from threadline.storage.postgres import PostgresRepository
 from threadline.testing import PartCounts, StoreConformance, StoreFactory
-from threadline.testing.conformance import message
+from threadline.testing.conformance import message, text
 
 pytestmark = pytest.mark.postgres
 
@@ -176,7 +179,7 @@ def test_schemas_keep_stores_apart_in_one_database(postgres_factory: StoreFactor
 def test_schema_is_created_and_migrated_once(schema_url: str, admin: psycopg.Connection[Any]) -> None:
     for _ in range(2):
         with open_store(schema_url) as store:
-            assert repo_of(store).schema_version() == 3
+            assert repo_of(store).schema_version() == pg.SCHEMA_VERSION
             schema = repo_of(store).schema
     tables = admin.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema,)).fetchone()
     assert tables is not None and tables[0] == 12
@@ -220,6 +223,107 @@ def test_value_columns_are_stored_without_toast_compression(schema_url: str) -> 
         ("items", "data", "e"),
         ("pending_writes", "value", "e"),
     ]
+
+
+def is_packed(repo: PostgresRepository, table: str) -> list[bool]:
+    """Per row of ``table`` (items by position, blobs by hash): is its value stored compressed?"""
+    order = "pos" if table == "items" else "hash"
+    rows = repo._query(
+        f"SELECT substring(data from 1 for 4) = %s FROM {{s}}.{table} ORDER BY {order}", (pg._ZSTD_MAGIC,)
+    )
+    return [r[0] for r in rows]
+
+
+def test_version_3_store_migrates_and_keeps_its_values(
+    schema_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = {"msgs": [message(i, 700) for i in range(3)], "doc": text(1000, 1)}
+    with monkeypatch.context() as m:  # what threadline wrote before version 4: values as they are
+        m.setattr(pg, "MIGRATIONS", pg.MIGRATIONS[:3])
+        m.setattr(pg, "SCHEMA_VERSION", 3)
+        m.setattr(pg, "_pack", lambda data: data)
+        with open_store(schema_url) as old:
+            assert repo_of(old).schema_version() == 3
+            old.checkpoints.create_thread("t")
+            first = old.checkpoints.create("t", state)
+    with open_store(schema_url) as store:
+        repo = repo_of(store)
+        assert repo.schema_version() == pg.SCHEMA_VERSION == 4
+        assert store.checkpoints.get_state(first.id) == state
+        later = {"msgs": [*state["msgs"], message(3, 700)], "doc": text(1000, 2)}
+        second = store.checkpoints.create("t", later)
+        assert store.checkpoints.get_state(second.id) == later
+        assert store.checkpoints.get_state(first.id) == state
+        assert is_packed(repo, "items") == [False, False, False, True]
+        assert sorted(is_packed(repo, "blobs")) == [False, True]
+        options = repo._query(
+            "SELECT relname, reloptions FROM pg_class WHERE relnamespace = %s::regnamespace "
+            "AND relname IN ('branches', 'lists') ORDER BY relname",
+            (repo.schema,),
+        )
+        assert options == [("branches", ["fillfactor=50"]), ("lists", ["fillfactor=50"])]
+
+
+@pytest.mark.parametrize(
+    ("data", "compressed"),
+    [
+        (b"", False),
+        (b"\x00" + b"a" * 126, False),  # too short to try
+        (b"\x00" + text(700, 2).encode(), True),
+        (os.urandom(700), False),  # saves nothing
+        (b"\x00" + b"y" * 9000, False),  # long values are the serializer's to compress
+        (pg._ZSTD_MAGIC + b"not a frame", True),  # stored compressed whatever the saving
+        (pg._ZSTD_MAGIC + os.urandom(20_000), True),
+    ],
+    ids=["empty", "short", "text", "random", "long", "magic", "magic long"],
+)
+def test_any_value_round_trips_packed(data: bytes, compressed: bool) -> None:
+    packed = pg._pack(data)
+    assert pg._unpack(packed, "value") == data
+    assert packed.startswith(pg._ZSTD_MAGIC) == compressed
+    assert compressed or packed == data
+
+
+def test_values_are_stored_compressed_and_a_bad_frame_is_an_integrity_error(
+    postgres_factory: StoreFactory,
+) -> None:
+    store = postgres_factory()
+    repo = repo_of(store)
+    store.checkpoints.create_thread("t")
+    state = {"msgs": [message(i, 700) for i in range(4)], "tiny": [1, 2], "doc": text(3000, 3)}
+    cp = store.checkpoints.create("t", state)
+    assert sorted(is_packed(repo, "items")) == [False] * 2 + [True] * 4  # "tiny" items: too short
+    stored = repo._query("SELECT sum(octet_length(data)) FROM {s}.items")[0][0]
+    assert stored < 0.8 * 4 * 700
+    assert store.checkpoints.get_state(cp.id) == state
+    assert cp.stored_size > 4 * 700, "stored_size counts serialized bytes on every backend"
+    repo._write(
+        lambda c: repo._x(c, "UPDATE {s}.items SET data = %s WHERE pos = 2", (pg._ZSTD_MAGIC + b"\x00junk",))
+    )
+    with pytest.raises(IntegrityError, match=r"item 2 of list \d+ is corrupt"):
+        store.checkpoints.get_state(cp.id)
+
+
+def test_key_counts_and_rotation_read_frames_not_packed_bytes(
+    postgres_factory: StoreFactory, schema_url: str
+) -> None:
+    plain = postgres_factory()
+    plain.checkpoints.create_thread("p")
+    plain.checkpoints.create("p", {"msgs": [message(j, 300) for j in range(3)]})
+    assert is_packed(repo_of(plain), "items") == [True] * 3
+    assert set(plain.checkpoints.keys_in_use()) == {None}
+    ring = KeyRing.generate()
+    with open_store(schema_url, keyring=ring) as store:
+        core = store.checkpoints
+        core.create_thread("t")
+        ids = [
+            core.create("t", {"msgs": [message(j, 300) for j in range(i + 2)], "n": i}).id for i in range(5)
+        ]
+        before = {cid: core.get_state(cid) for cid in ids}
+        store.serializer.keyring = ring.rotated()
+        assert core.rotate_keys(batch=3) > 5
+        assert set(core.keys_in_use()) == {2}
+        assert {cid: core.get_state(cid) for cid in ids} == before
 
 
 # ---------------------------------------------------------------- existing connections and pools

@@ -13,6 +13,7 @@ import pytest
 from conftest import with_schema
 from threadline import open_store
 from threadline.errors import Conflict
+from threadline.storage.postgres import SCHEMA_VERSION
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -65,9 +66,9 @@ def test_processes_opening_a_new_store_at_once_migrate_it_once(url: str) -> None
         barrier = manager.Barrier(PROCESSES)
         with ctx.Pool(PROCESSES) as pool:
             versions = pool.starmap(open_worker, [(url, barrier)] * PROCESSES)
-    assert versions == [3] * PROCESSES
+    assert versions == [SCHEMA_VERSION] * PROCESSES
     with open_store(url) as store:
-        assert store.repository.schema_version() == 3
+        assert store.repository.schema_version() == SCHEMA_VERSION
 
 
 def test_unconditional_writers_in_processes_make_one_chain(url: str) -> None:
