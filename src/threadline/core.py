@@ -22,7 +22,6 @@ import asyncio
 import builtins
 import functools
 import hashlib
-import secrets
 import threading
 import zlib
 from collections import OrderedDict
@@ -56,6 +55,7 @@ from threadline.model import (
     new_id,
     now_us,
     parse_enum,
+    random_bits,
     us_to_datetime,
     validate_checkpoint_id,
     validate_id,
@@ -1261,7 +1261,7 @@ class CheckpointDomainService:
 
 def random_list_id() -> int:
     """A new random list id (62 bits: collisions are not a practical concern)."""
-    return secrets.randbits(62) + 1
+    return random_bits(62) + 1
 
 
 def _valid_text(value: str) -> bool:

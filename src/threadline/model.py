@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import os
+import random
 import re
 import threading
 import time
@@ -110,6 +111,25 @@ def validate_name(value: object, what: str = "name") -> str:
     return name
 
 
+# Random bits of ids come from a generator seeded from the OS (and reseeded in a forked
+# child), not from os.urandom per id: a system call per id releases the GIL, and a thread
+# that must take it back behind busy threads waits up to a switch interval (5 ms).
+_RNG = random.Random()
+
+
+def _reseed() -> None:
+    _RNG.seed(os.urandom(32))
+
+
+_reseed()
+os.register_at_fork(after_in_child=_reseed)
+
+
+def random_bits(n: int) -> int:
+    """``n`` random bits for ids (unique, not secret: never use them as keys or nonces)."""
+    return _RNG.getrandbits(n)
+
+
 class _IdClock:
     """Time-ordered 128-bit ids in the UUIDv7 layout, strictly increasing within a process."""
 
@@ -131,7 +151,7 @@ class _IdClock:
             if seq > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
                 ms, seq = ms + 1, 0
             self._last_ms, self._seq = ms, seq
-        rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+        rand = _RNG.getrandbits(62)
         value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
         h = f"{value:032x}"
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -8,7 +8,6 @@ everything before it changes anything, so a failed write leaves no trace.
 from __future__ import annotations
 
 import bisect
-import secrets
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,7 +24,7 @@ from threadline.errors import (
     StaleReference,
     StorageError,
 )
-from threadline.model import DEFAULT_BRANCH, CheckpointKind, CheckpointStatus, new_checkpoint_id
+from threadline.model import DEFAULT_BRANCH, CheckpointKind, CheckpointStatus, new_checkpoint_id, random_bits
 from threadline.storage.base import (
     MAX_LIST_DEPTH,
     SCHEMA_VERSION,
@@ -491,7 +490,7 @@ class MemoryRepository(CheckpointRepository):
 
     def _new_list_id(self, taken: set[int]) -> int:
         while True:
-            candidate = secrets.randbits(62) + 1
+            candidate = random_bits(62) + 1
             if candidate not in self._lists and candidate not in taken:
                 return candidate
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import secrets
 import sqlite3
 import threading
 import time
@@ -45,6 +44,7 @@ from threadline.model import (
     checkpoint_id_bytes,
     checkpoint_id_from_bytes,
     new_checkpoint_id,
+    random_bits,
 )
 from threadline.storage.base import (
     MAX_LIST_DEPTH,
@@ -625,7 +625,7 @@ class SQLiteRepository(CheckpointRepository):
     @staticmethod
     def _new_list_id(c: sqlite3.Connection) -> int:
         while True:
-            candidate = secrets.randbits(62) + 1
+            candidate = random_bits(62) + 1
             if c.execute("SELECT 1 FROM lists WHERE list_id = ?", (candidate,)).fetchone() is None:
                 return candidate
 
