@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -794,3 +795,205 @@ def test_loads_items_decodes_across_runs() -> None:
     items = [{"i": i, "text": "z" * 700} for i in range(500)]
     assert ser.loads_items(ser.dumps_items(items)) == items
     assert ser.loads_items([]) == []
+
+
+# ---------------------------------------------------------------- lists of models, by state
+
+
+class Note(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+    text: str
+    meta: dict[str, Any] = pydantic.Field(default_factory=dict)
+    tags: list[Any] = pydantic.Field(default_factory=list)
+    score: Any = None
+
+
+def note_serializer(**options: Any) -> Serializer:
+    ser = Serializer(**options)
+    ser.register(
+        Note,
+        "t.Note",
+        lambda n: {**n.__dict__, **(n.__pydantic_extra__ or {})},
+        lambda d: Note.model_validate(d),
+        by_state=True,
+    )
+    return ser
+
+
+def notes(n: int, start: int = 0) -> list[Note]:
+    return [Note(text=f"note {i} " + "x" * (i % 900), meta={"i": i}, tags=[i, "t"]) for i in range(start, n)]
+
+
+def encoded(ser: Serializer, items: list[Any], memo: Any = None) -> tuple[bytes, Any]:
+    result = ser.encode_models(items, memo)
+    assert result is not None
+    exts, memo = result
+    data = ormsgpack.packb(exts)
+    assert data == ser.dumps(items)  # exactly what dumps writes
+    return data, memo
+
+
+def test_encode_models_gives_the_bytes_of_dumps_and_round_trips() -> None:
+    ser = note_serializer()
+    items = notes(300)
+    data, memo = encoded(ser, items)
+    assert ser.loads(data) == items
+    assert len(memo.chunks) > 1 and max(map(len, memo.chunks)) <= 2 * serde.RUN_BYTES
+
+
+def test_encode_models_reuses_unchanged_items_and_rebuilds_only_new_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ser = note_serializer()
+    items = notes(120)
+    _, memo = encoded(ser, items)
+    built: list[int] = []
+    original = Serializer._exts_from_states
+
+    def spy(self: Serializer, types: list[type], *args: Any) -> Any:
+        built.append(len(types))
+        return original(self, types, *args)
+
+    monkeypatch.setattr(Serializer, "_exts_from_states", spy)
+    items = [*items, *notes(123, 120)]
+    _, memo = encoded(ser, items, memo)
+    assert built == [3]
+    _, memo = encoded(ser, list(items), memo)  # a new list of the same objects
+    assert built == [3]
+
+
+def mutations() -> list[Callable[[list[Note]], None]]:
+    def content(items: list[Note]) -> None:
+        items[5].text = "changed in place"
+
+    def nested(items: list[Note]) -> None:
+        items[7].meta["i"] = "now a string"
+
+    def appended(items: list[Note]) -> None:
+        items[9].tags.append({"deep": [1, 2]})
+
+    def int_to_float(items: list[Note]) -> None:
+        items[11].meta["i"] = float(items[11].meta["i"])  # 11 -> 11.0: equal, not the same
+
+    def int_to_bool(items: list[Note]) -> None:
+        items[1].meta["i"] = True  # 1 -> True: equal, not the same
+
+    def reordered(items: list[Note]) -> None:
+        items[12].meta = {"b": 1, "a": 2}
+        items[13].meta = {"a": 2, "b": 1}
+
+    def key_order_of_state(items: list[Note]) -> None:
+        state = items[14].__dict__
+        state["text"] = state.pop("text")  # same fields, another order
+
+    def extra(items: list[Note]) -> None:
+        items[15].mood = "glad"  # type: ignore[attr-defined]  # an extra field
+
+    def replaced(items: list[Note]) -> None:
+        items[16] = Note(text=items[16].text, meta=dict(items[16].meta), tags=list(items[16].tags))
+        items[17] = Note(text="a new note")
+
+    def class_changed(items: list[Note]) -> None:
+        class Other(Note):
+            pass
+
+        items[18].__class__ = Other
+
+    return [
+        content,
+        nested,
+        appended,
+        int_to_float,
+        int_to_bool,
+        reordered,
+        key_order_of_state,
+        extra,
+        replaced,
+        class_changed,
+    ]
+
+
+@pytest.mark.parametrize("mutate", mutations(), ids=lambda f: f.__name__)
+def test_encode_models_sees_every_change_made_in_place(mutate: Callable[[list[Note]], None]) -> None:
+    ser = note_serializer()
+    items = notes(60)
+    first, memo = encoded(ser, items)
+    mutate(items)
+    try:
+        expected = ser.dumps(items)
+    except SerializationError:  # an unregistered class: encode_models must refuse the list too
+        assert ser.encode_models(items, memo) is None
+        return
+    result = ser.encode_models(items, memo)
+    assert result is not None
+    assert ormsgpack.packb(result[0]) == expected != first
+    assert ser.loads(expected) == items
+
+
+def test_encode_models_shorter_and_forked_lists() -> None:
+    ser = note_serializer()
+    items = notes(200)
+    _, memo = encoded(ser, items)
+    encoded(ser, items[:37], memo)  # a time travel: a prefix
+    fork = [*items[:150], *notes(160, 150)]
+    encoded(ser, fork, memo)
+    assert ser.encode_models([], memo) is None
+
+
+def test_encode_models_refuses_what_it_cannot_prove() -> None:
+    ser = note_serializer()
+    ser.register_pydantic(Message)
+    plain = notes(3)
+    assert ser.encode_models([*plain, Message(role="r", content="c")]) is None  # not by state
+    assert ser.encode_models([*plain, {"a": 1}]) is None  # not a model
+    with_tuple = notes(2)
+    with_tuple[1].score = (1, 2)  # a tuple is not plain msgpack: the ordinary path keeps its type
+    assert ser.encode_models(with_tuple) is None
+    with_time = notes(2)
+    with_time[0].meta["when"] = dt.datetime(2024, 1, 1)
+    assert ser.encode_models(with_time) is None
+    with_object = notes(2)
+    with_object[0].score = Note(text="nested")
+    assert ser.encode_models(with_object) is None
+    with_subclass = notes(2)
+    with_subclass[0].meta[MyStr("k")] = 1
+    assert ser.encode_models(with_subclass) is None
+
+
+def test_encode_models_follows_a_new_registration() -> None:
+    ser = note_serializer()
+    items = notes(10)
+    _, memo = encoded(ser, items)
+    ser.register(Note, "t.Note2", lambda n: {"text": n.text}, lambda d: Note(**d), by_state=True)
+    data, _ = encoded(ser, items, memo)
+    assert b"t.Note2" in data
+
+
+def test_encode_models_chunks_stay_small_as_items_grow() -> None:
+    ser = note_serializer()
+    items = notes(40)
+    _, memo = encoded(ser, items)
+    assert memo.counts == (16, 24)
+    for note in items:
+        note.text = "y" * 5000
+    _, memo = encoded(ser, items, memo)
+    assert len(memo.chunks) > 4 and max(map(len, memo.chunks)) <= 2 * serde.RUN_BYTES
+    items.append(Note(text="z" * 200_000))  # alone larger than a chunk: a chunk of its own
+    _, memo = encoded(ser, items, memo)
+    assert memo.counts[-1] == 1
+
+
+def test_encode_models_new_items_fill_the_last_chunk() -> None:
+    ser = note_serializer()
+    items = notes(3)
+    _, memo = encoded(ser, items)
+    for i in range(3, 200):
+        items.append(Note(text=f"message {i} " + "m" * 600))
+        _, memo = encoded(ser, items, memo)
+    assert len(memo.chunks) <= 6  # not one chunk per put
+    assert all(len(c) < 2 * serde.RUN_BYTES for c in memo.chunks)
+
+
+def test_by_state_needs_a_pydantic_model() -> None:
+    with pytest.raises(InvalidInput, match="by_state needs a pydantic model"):
+        Serializer().register(Point, "p", lambda p: p.x, Point, by_state=True)

@@ -21,6 +21,11 @@ Extension codes (a storage format: never renumber, only append)::
     11    Decimal                 ASCII of ``str(value)`` (exact, keeps exponent, sign and NaN)
     12    registered class        msgpack [name, data], data = the class's ``to_data(value)``
 
+Lists of registered pydantic models (a chat's messages) can be encoded item by item as
+extension values that reuse the previous version's encodings where an item's state is
+unchanged (:meth:`Serializer.encode_models`); the bytes are those :meth:`Serializer.dumps`
+writes.
+
 ``tz`` is ``None`` (naive), a ``zoneinfo.ZoneInfo`` key (str), or a fixed UTC offset in
 microseconds (int), restored as ``datetime.timezone(offset)``: other tzinfo classes keep their
 offset but not their class or name.
@@ -44,7 +49,9 @@ import dataclasses
 import datetime as dt
 import enum
 import hashlib
+import itertools
 import json
+import operator
 import os
 import threading
 import uuid
@@ -100,6 +107,8 @@ _READ_CHUNK = 1 << 20
 # encoding itself).
 RUN_BYTES = 32 << 10
 _MICROSECOND = dt.timedelta(microseconds=1)
+_STATE = operator.attrgetter("__dict__", "__pydantic_extra__")
+_PROBE_ITEMS = 16
 
 _BASES = (str, int, float, bytes, list, dict, tuple, set, frozenset, dt.date, dt.time, dt.timedelta)
 
@@ -143,6 +152,26 @@ class _Registration(NamedTuple):
     to_data: Callable[[Any], Any]
     from_data: Callable[[Any], Any]
     prefix: bytes  # the start of the ext payload: array header + packed name
+    by_state: bool  # to_data reads only the instance's __dict__ and __pydantic_extra__
+
+
+class ListMemo(NamedTuple):
+    """What :meth:`Serializer.encode_models` keeps of a list it encoded, for the next version
+    of the list. Immutable: it may be shared between threads.
+
+    ``chunks[j]`` is the plain msgpack encoding (no hook, so built-in types only) of the
+    states of ``counts[j]`` consecutive items from ``starts[j]``: each item's ``__dict__``
+    then its ``__pydantic_extra__``. ``exts[i]`` is item ``i``'s extension value, made from
+    exactly the state encoded in ``chunks`` under the registration in ``registrations``.
+    """
+
+    starts: dict[int, int]  # first item of a chunk -> its index in chunks
+    chunks: tuple[bytes, ...]
+    counts: tuple[int, ...]
+    types: list[type]
+    exts: list[ormsgpack.Ext]
+    registrations: dict[type, _Registration]
+    size: int  # about how many bytes the memo keeps alive
 
 
 # -- built-in extension types ------------------------------------------------------------------
@@ -430,13 +459,25 @@ class Serializer:
     # -- registration
 
     def register(
-        self, cls: type, name: str, to_data: Callable[[Any], Any], from_data: Callable[[Any], Any]
+        self,
+        cls: type,
+        name: str,
+        to_data: Callable[[Any], Any],
+        from_data: Callable[[Any], Any],
+        *,
+        by_state: bool = False,
     ) -> None:
         """Register ``cls`` under ``name``: dumped as ``to_data(value)``, loaded by ``from_data(data)``.
 
         ``to_data`` may return any serializable value. Registering a class again under a new
         name makes the new name the one written while the old one still loads (for renames).
-        Raises InvalidInput for an empty name, a built-in type, or a name taken by another class.
+        ``by_state=True`` (pydantic models only) declares that ``to_data`` reads nothing but
+        the instance's ``__dict__`` and ``__pydantic_extra__``, and reads them by value
+        (types and contents, not object identity; bytes, bytearray and memoryview alike, as
+        the serializer stores all three as bytes), so that :meth:`encode_models` may encode
+        an instance rebuilt from a copy of that state.
+        Raises InvalidInput for an empty name, a built-in type, a name taken by another
+        class, or ``by_state`` for a class that is not a pydantic model.
         """
         if not isinstance(cls, type):
             raise InvalidInput(f"expected a class, got {cls!r}")
@@ -444,10 +485,12 @@ class Serializer:
             raise InvalidInput(f"registration name must be a non-empty str, got {name!r}")
         if cls in _BUILTIN_TYPES:
             raise InvalidInput(f"{cls.__qualname__} is serialized natively and cannot be registered")
+        if by_state and not hasattr(cls, "__pydantic_extra__"):
+            raise InvalidInput(f"by_state needs a pydantic model; {cls.__qualname__} is not one")
         taken = self._by_name.get(name)
         if taken is not None and taken.cls is not cls:
             raise InvalidInput(f"name {name!r} is already registered for {_default_name(taken.cls)}")
-        registration = _Registration(cls, name, to_data, from_data, _PAIR + ormsgpack.packb(name))
+        registration = _Registration(cls, name, to_data, from_data, _PAIR + ormsgpack.packb(name), by_state)
         self._by_type[cls] = registration
         self._by_name[name] = registration
 
@@ -538,6 +581,105 @@ class Serializer:
             start = end
         return runs
 
+    def encode_models(
+        self, items: Sequence[Any], memo: ListMemo | None = None
+    ) -> tuple[list[ormsgpack.Ext], ListMemo] | None:
+        """Each item's extension value (what :meth:`dumps` writes for it), reusing ``memo``,
+        the memo of an earlier version of the list, for every item whose state is unchanged;
+        and the memo of this list. A list of these extension values encodes to the bytes of
+        the list itself, in one C call.
+
+        Applies to lists of instances of classes registered ``by_state`` whose states hold
+        only built-in types (str, bytes, int, float, bool, None, list, dict with str keys);
+        returns None for any other list (encode it as usual then).
+
+        Exact by construction: the states of all items are encoded with plain msgpack, in
+        chunks aligned with the memo's. A memo item is reused only when its state's bytes are
+        found again at the same position, with the same class and registration; plain msgpack
+        is a prefix-free encoding, so equal bytes are equal states, field by field, in order,
+        with their types. Any other item is rebuilt from the bytes just encoded (an object of
+        its class holding the decoded state) and encoded by its registration, so its
+        extension value and its memo bytes describe the same state even if another thread
+        changes the item meanwhile.
+        """
+        n = len(items)
+        if not n:
+            return None
+        types = list(map(type, items))
+        registrations: dict[type, _Registration] = {}
+        for cls in set(types):
+            registration = self._by_type.get(cls)
+            if registration is None or not registration.by_state:
+                return None
+            registrations[cls] = registration
+        if memo is not None and any(memo.registrations.get(c, r) is not r for c, r in registrations.items()):
+            memo = None
+        try:
+            return self._encode_models(items, types, registrations, memo)
+        except ormsgpack.MsgpackEncodeError:  # a state plain msgpack cannot hold
+            return None
+
+    def _encode_models(
+        self,
+        items: Sequence[Any],
+        types: list[type],
+        registrations: dict[type, _Registration],
+        memo: ListMemo | None,
+    ) -> tuple[list[ormsgpack.Ext], ListMemo]:
+        n = len(items)
+        exts: list[ormsgpack.Ext] = []
+        chunks: list[bytes] = []
+        counts: list[int] = []
+        old_starts, old_chunks, old_counts = (memo.starts, memo.chunks, memo.counts) if memo else ({}, (), ())
+        old_types, old_exts = (memo.types, memo.exts) if memo else ([], [])
+        start, seen, seen_bytes = 0, 0, 0
+        while start < n:
+            # A chunk where the memo has one, as long as it (or longer while it is small:
+            # the memo's last chunk is where new items arrive); elsewhere ~RUN_BYTES.
+            j = old_starts.get(start, -1)
+            old, old_count = (old_chunks[j], old_counts[j]) if j >= 0 else (b"", 0)
+            if old_count and len(old) < RUN_BYTES and j == len(old_chunks) - 1:
+                count = max(old_count, RUN_BYTES * old_count // len(old))
+            elif old_count:
+                count = old_count
+            else:
+                count = RUN_BYTES * seen // seen_bytes if seen_bytes else _PROBE_ITEMS
+            count = max(1, min(count, n - start))
+            body = _pack_states(items[start : start + count])
+            while len(body) > 2 * RUN_BYTES and count > 1:  # large items: a smaller chunk
+                count = max(1, min(count - 1, count * RUN_BYTES // len(body)))
+                body = _pack_states(items[start : start + count])
+            kept, offset = _common_items(body, count, old, old_count) if old_count else (0, 0)
+            if kept and not all(map(operator.is_, types[start : start + kept], old_types[start:])):
+                kept, offset = 0, 0
+            exts.extend(old_exts[start : start + kept])
+            if kept < count:
+                exts.extend(
+                    self._exts_from_states(types[start + kept : start + count], registrations, body, offset)
+                )
+            chunks.append(body)
+            counts.append(count)
+            seen, seen_bytes = seen + count, seen_bytes + len(body)
+            start += count
+        starts = dict(zip(itertools.accumulate(counts, initial=0), range(len(counts)), strict=False))
+        size = 2 * seen_bytes + 64 * n
+        return list(exts), ListMemo(starts, tuple(chunks), tuple(counts), types, exts, registrations, size)
+
+    def _exts_from_states(
+        self, types: list[type], registrations: dict[type, _Registration], body: bytes, offset: int
+    ) -> list[ormsgpack.Ext]:
+        """Extension values of items of ``types`` whose states are encoded in the chunk
+        ``body`` from ``offset`` (0: the whole chunk) to its end."""
+        count = len(types)
+        states = ormsgpack.unpackb(array_header(2 * count) + body[offset:] if offset else body)
+        exts: list[ormsgpack.Ext] = []
+        for cls, state, extra in zip(types, states[0::2], states[1::2], strict=True):
+            obj: Any = object.__new__(cls)
+            object.__setattr__(obj, "__dict__", state)
+            object.__setattr__(obj, "__pydantic_extra__", extra)
+            exts.append(ormsgpack.Ext(EXT_OBJECT, self._object_payload(registrations[cls], obj)))
+        return exts
+
     def dumps_items(self, items: Sequence[Any], *, path: str = "value", first: int = 0) -> list[bytes]:
         """Encode each item alone: the bytes it has inside ``dumps(list(items))``.
 
@@ -616,9 +758,12 @@ class Serializer:
     def _default(self, value: Any) -> ormsgpack.Ext:
         registration = self._by_type.get(type(value))
         if registration is not None:  # the common case first: a registered class
-            data = ormsgpack.packb(registration.to_data(value), default=self._default, option=_OPTIONS)
-            return ormsgpack.Ext(EXT_OBJECT, registration.prefix + data)
+            return ormsgpack.Ext(EXT_OBJECT, self._object_payload(registration, value))
         return self._to_ext(value, "", self._pack_fast)
+
+    def _object_payload(self, registration: _Registration, value: Any) -> bytes:
+        data = ormsgpack.packb(registration.to_data(value), default=self._default, option=_OPTIONS)
+        return registration.prefix + data
 
     def _pack_fast(self, value: Any, path: str) -> bytes:
         return ormsgpack.packb(value, default=self._default, option=_OPTIONS)
@@ -695,6 +840,26 @@ class Serializer:
             return _read_bounded(decompressor.stream_reader(payload), limit)
         except zstandard.ZstdError as exc:
             raise SerializationError(f"corrupt compressed frame: {exc}") from exc
+
+
+def _pack_states(items: Sequence[Any]) -> bytes:
+    """Plain msgpack of the items' states: [dict0, extra0, dict1, extra1, ...]. Raises
+    TypeError (ormsgpack's error) for anything that is not a built-in type."""
+    return ormsgpack.packb(list(itertools.chain.from_iterable(map(_STATE, items))), option=_OPTIONS)
+
+
+def _common_items(body: bytes, count: int, old: bytes, old_count: int) -> tuple[int, int]:
+    """How many leading items two chunks of states (``count`` and ``old_count`` items) have
+    in common, all or none of the shorter one; and where the next item starts in ``body``
+    (0 when none are common)."""
+    head, old_head = len(array_header(2 * count)), len(array_header(2 * old_count))
+    if old_count == count:
+        return (count, len(body)) if body == old else (0, 0)
+    if old_count < count:
+        if body.startswith(memoryview(old)[old_head:], head):
+            return old_count, head + len(old) - old_head
+        return 0, 0
+    return (count, len(body)) if old.startswith(memoryview(body)[head:], old_head) else (0, 0)
 
 
 def _read_bounded(reader: Any, limit: int) -> bytes:
@@ -817,4 +982,4 @@ class _Decoder:
 default_serializer = Serializer()
 """A serializer with nothing registered: built-in types only."""
 
-__all__ = ["DEFAULT_MAX_DECOMPRESSED", "Serializer", "array_header", "default_serializer"]
+__all__ = ["DEFAULT_MAX_DECOMPRESSED", "ListMemo", "Serializer", "array_header", "default_serializer"]

@@ -52,6 +52,7 @@ from threadline.core import metadata_matches
 from threadline.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from threadline.langgraph.types import register_langgraph_types
 from threadline.model import MAX_ID_LENGTH, CheckpointFilter, CheckpointKind
+from threadline.serde import ListMemo
 from threadline.storage.base import CheckpointRow, PendingWrite
 from threadline.store import Store, open_store
 
@@ -63,6 +64,9 @@ BOOK = "~lg"
 LG_KINDS = frozenset({CheckpointKind.AUTO, CheckpointKind.MANUAL})
 _CORE_KEYS = frozenset({"v", "id", "ts", "channel_values", "channel_versions", "versions_seen"})
 _PAGE = 100
+#: Bytes the memos of encoded message lists may keep alive per saver (least recently used
+#: threads are forgotten first): about twice the encoded size of the lists remembered.
+LIST_MEMO_BYTES = 64 << 20
 
 
 R = TypeVar("R")
@@ -86,6 +90,36 @@ class _Batch:
     special: builtins.list[PendingWrite]
     regular: builtins.list[PendingWrite]
     errors: builtins.list[Any]
+
+
+class _ListMemos:
+    """The last encoding of each message list, per (threadline thread, channel): what makes
+    a put re-encode only the messages that are new or changed (Serializer.encode_models)."""
+
+    def __init__(self, limit: int = LIST_MEMO_BYTES) -> None:
+        self.limit = limit
+        self._memos: dict[tuple[str, str], ListMemo] = {}  # in order of use
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> ListMemo | None:
+        return self._memos.get(key)
+
+    def put(self, key: tuple[str, str], memo: ListMemo | None) -> None:
+        with self._lock:
+            old = self._memos.pop(key, None)
+            self._size -= old.size if old is not None else 0
+            if memo is None:
+                return
+            self._memos[key] = memo
+            self._size += memo.size
+            while self._size > self.limit and len(self._memos) > 1:
+                self._size -= self._memos.pop(next(iter(self._memos))).size
+
+    def forget(self, thread: str) -> None:
+        with self._lock:
+            for key in [k for k in self._memos if k[0] == thread]:
+                self._size -= self._memos.pop(key).size
 
 
 def thread_key(thread_id: str, checkpoint_ns: str = "") -> str:
@@ -146,6 +180,7 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
         self._lock = threading.Lock()
         #: threadline thread -> (last checkpoint written, its branch): the usual parent of the next put
         self._last: dict[str, tuple[str, str]] = {}
+        self._lists = _ListMemos()
 
     @classmethod
     def from_url(cls, url: str | None = None, **options: Any) -> ThreadlineSaver:
@@ -224,16 +259,21 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
     def _forget(self, key: str) -> None:
         self._known.discard(key)
         self._last.pop(key, None)
+        self._lists.forget(key)
 
     # ------------------------------------------------------------ encoding
 
     def _encode_state(
-        self, checkpoint: LGCheckpoint, lg_parent: str | None
+        self, key: str, checkpoint: LGCheckpoint, lg_parent: str | None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """(state: one key per channel, book: LangGraph's bookkeeping). The book changes
         at every step, so it travels in the checkpoint's header (metadata key ``~lg``),
-        not as a stored value of its own."""
-        state = {_escape(k): v for k, v in checkpoint["channel_values"].items()}
+        not as a stored value of its own. A list of messages is handed over already
+        encoded, item by item (see :meth:`_encode_list`)."""
+        state = {
+            _escape(k): self._encode_list(key, k, v) if type(v) is list else v
+            for k, v in checkpoint["channel_values"].items()
+        }
         book: dict[str, Any] = {
             "v": checkpoint["v"],
             "ts": _pack_ts(checkpoint["ts"]),
@@ -246,6 +286,20 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
         if lg_parent is not None:
             book["p"] = lg_parent
         return state, book
+
+    def _encode_list(self, key: str, channel: str, value: builtins.list[Any]) -> builtins.list[Any]:
+        """A list of langchain messages as the list of their extension values (the bytes
+        the store writes for them, so nothing else changes), re-encoding only the messages
+        that are new or whose state changed since this channel's last put; any other list
+        as it is."""
+        memo_key = (key, channel)
+        encoded = self.serializer.encode_models(value, self._lists.get(memo_key))
+        if encoded is None:
+            self._lists.put(memo_key, None)
+            return value
+        exts, memo = encoded
+        self._lists.put(memo_key, memo)
+        return exts
 
     def _tuple(
         self,
@@ -449,7 +503,7 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
         checkpoint: LGCheckpoint,
         metadata: Mapping[str, Any],
     ) -> bool:
-        state, book = self._encode_state(checkpoint, lg_parent)
+        state, book = self._encode_state(key, checkpoint, lg_parent)
         fields: dict[str, Any] = {
             "state": state,
             "kind": kind,

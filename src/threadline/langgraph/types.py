@@ -148,7 +148,7 @@ def register_langgraph_types(serializer: Serializer) -> Serializer:
     for name, module, attr in LANGCHAIN_MODELS:
         cls = getattr(importlib.import_module(module), attr)
         to_data, from_data = _model_hooks(cls)
-        serializer.register(cls, name, to_data, from_data)
+        serializer.register(cls, name, to_data, from_data, by_state=True)
     lg_types = importlib.import_module("langgraph.types")
     for name, attr in LANGGRAPH_DATACLASSES:
         serializer.register_dataclass(getattr(lg_types, attr), name)
