@@ -8,9 +8,16 @@ Every saver receives the same realistic checkpoints: langchain-core messages in 
 ``messages`` channel, ``channel_versions`` from the saver's own ``get_next_version``,
 ``versions_seen``, ``new_versions`` naming the changed channels, and loop metadata.
 Savers: ThreadlineSaver (SQLite FULL and NORMAL, memory, PostgreSQL), InMemorySaver,
-SqliteSaver (WAL, FULL and NORMAL), AsyncSqliteSaver, PostgresSaver (when a server answers
-at $THREADLINE_BENCH_POSTGRES_URL, default postgresql:///postgres). Synchronous levels are
-stated in every row name. The ratios the LangGraph issue targets are printed at the end.
+SqliteSaver (WAL, FULL and NORMAL), AsyncSqliteSaver, PostgresSaver and AsyncPostgresSaver
+over a pool of 8 (when a server answers at $THREADLINE_BENCH_POSTGRES_URL, default
+postgresql:///postgres), and a raw sqlite3 ceiling (WAL, FULL) committing each W1 step's new
+bytes (the new message and a 100-byte row) in one transaction. Synchronous levels are stated
+in every row name.
+
+The savers run side by side: each put, read or delete is timed on every saver in turn, in
+a rotating order (the concurrent workloads alternate whole rounds), so that load changes on
+the machine hit all of them alike. The ratios the LangGraph issue targets are printed at
+the end.
 """
 
 from __future__ import annotations
@@ -47,7 +54,8 @@ from langgraph.checkpoint.base.id import uuid6  # noqa: E402
 from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from threadline.langgraph import ThreadlineSaver  # noqa: E402
+from threadline import Serializer  # noqa: E402
+from threadline.langgraph import ThreadlineSaver, register_langgraph_types  # noqa: E402
 
 
 class Scale:
@@ -59,6 +67,7 @@ class Scale:
         self.w3_depths = (10, 100, 1000) if full else (10, 100, 300)
         self.writers = 8
         self.async_puts = 100 if full else 30
+        self.rounds = 3 if full else 2
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -221,98 +230,159 @@ def postgres_admin() -> str | None:
 
 
 # ---------------------------------------------------------------- workloads
+#
+# Savers are measured side by side: every operation is timed on each saver in turn (in
+# a rotating order), so that load changes on the machine hit all of them alike and the
+# ratios of one run can be trusted.
+
+RAW = "raw sqlite3 FULL (ceiling)"
+Opened = dict[str, tuple[Any, Callable[[], int]]]
 
 
-def p50_ms(fn: Callable[[], Any], n: int) -> float:
-    lat = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        lat.append(time.perf_counter() - t0)
-    return percentile(lat, 50) * 1e3
+def rotate(names: list[str], k: int) -> list[str]:
+    k %= len(names)
+    return names[k:] + names[:k]
 
 
-def w1(make: Callable[[str], tuple[Any, Callable[[], int]]], sc: Scale) -> dict[str, Any]:
-    saver, size = make("w1")
+def open_all(makers: dict[str, Callable[[str], tuple[Any, Callable[[], int]]]], tag: str) -> Opened:
+    return {name: make(tag) for name, make in makers.items()}
+
+
+def timed_put(saver: Any, writer: ThreadWriter, values: dict[str, Any], changed: list[str]) -> float:
+    args = writer.next(dict(values), changed)
+    t0 = time.perf_counter()
+    stored = saver.put(*args)
+    elapsed = time.perf_counter() - t0
+    writer.done(stored)
+    return elapsed
+
+
+def p50_side_by_side(savers: Opened, reps: int, op: Callable[[Any, int], Any]) -> dict[str, float]:
+    """p50 latency (ms) of ``op(saver, rep)`` for each saver, the savers taking turns."""
+    names = list(savers)
+    lat: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(reps):
+        for name in rotate(names, rep):
+            t0 = time.perf_counter()
+            op(savers[name][0], rep)
+            lat[name].append(time.perf_counter() - t0)
+    return {name: percentile(v, 50) * 1e3 for name, v in lat.items()}
+
+
+def w1(
+    makers: dict[str, Callable[[str], tuple[Any, Callable[[], int]]]], sc: Scale, tmp: Path
+) -> dict[str, dict[str, Any]]:
+    savers = open_all(makers, "w1")
+    ceiling = _run.RawCeiling(tmp / "ceiling-w1.db", "FULL")
+    encoder = register_langgraph_types(Serializer())
+    names = [*savers, RAW]
     gen = TextGen(1)
-    writers = [ThreadWriter(saver, f"w1-{t:03d}") for t in range(sc.threads)]
-    messages: list[list[Any]] = [[] for _ in writers]
-    put_time = 0.0
+    writers = {
+        name: [ThreadWriter(saver, f"w1-{t:03d}") for t in range(sc.threads)]
+        for name, (saver, _) in savers.items()
+    }
+    messages: list[list[Any]] = [[] for _ in range(sc.threads)]
+    put_time = dict.fromkeys(names, 0.0)
     for step in range(sc.steps):
-        for t, w in enumerate(writers):
+        for t in range(sc.threads):
             values = chat_values(gen, messages[t], t, step)
-            changed = ["messages", "turn"] + (["status"] if step % 7 in (0, 1) or step == 0 else [])
+            changed = ["messages", "turn"] + (["status"] if step % 7 in (0, 1) else [])
             if step == 0:
                 changed = list(values)
-            args = w.next(values, changed)
-            t0 = time.perf_counter()
-            stored = saver.put(*args)
-            put_time += time.perf_counter() - t0
-            w.done(stored)
+            for name in rotate(names, step * sc.threads + t):
+                if name == RAW:  # the same new bytes: the new message, and a 100-byte row
+                    put_time[name] += ceiling.put(t, step, encoder.dumps(messages[t][-1]))
+                else:
+                    put_time[name] += timed_put(savers[name][0], writers[name][t], values, changed)
     puts = sc.threads * sc.steps
-    out: dict[str, Any] = {"put/s": puts / put_time, "bytes": size()}
-    configs = [{"configurable": {"thread_id": w.thread_id, "checkpoint_ns": ""}} for w in writers]
-    last = saver.get_tuple(configs[0])
-    assert last is not None and last.checkpoint["channel_values"]["messages"] == messages[0], (
-        "W1: state differs"
-    )
-    i = iter(range(10**9))
-    out["get_tuple p50 ms"] = p50_ms(lambda: saver.get_tuple(configs[next(i) % len(configs)]), sc.reps)
-    out["list10 p50 ms"] = p50_ms(
-        lambda: list(saver.list(configs[next(i) % len(configs)], limit=10)), max(10, sc.reps // 3)
-    )
-    doomed = iter(writers[-sc.delete_threads :])
-    out["delete_thread p50 ms"] = p50_ms(
-        lambda: saver.delete_thread(next(doomed).thread_id), sc.delete_threads
-    )
-    close(saver)
+    out: dict[str, dict[str, Any]] = {name: {"put/s": puts / put_time[name]} for name in names}
+    out[RAW]["bytes"] = ceiling.storage_bytes()
+    ceiling.close()
+    configs = [
+        {"configurable": {"thread_id": w.thread_id, "checkpoint_ns": ""}}
+        for w in next(iter(writers.values()))
+    ]
+    for name, (saver, size) in savers.items():
+        out[name]["bytes"] = size()
+        last = saver.get_tuple(configs[0])
+        assert last is not None and last.checkpoint["channel_values"]["messages"] == messages[0], (
+            f"W1: {name}: state differs"
+        )
+    for key, value in p50_side_by_side(
+        savers, sc.reps, lambda saver, rep: saver.get_tuple(configs[rep % len(configs)])
+    ).items():
+        out[key]["get_tuple p50 ms"] = value
+    for key, value in p50_side_by_side(
+        savers,
+        max(10, sc.reps // 3),
+        lambda saver, rep: list(saver.list(configs[rep % len(configs)], limit=10)),
+    ).items():
+        out[key]["list10 p50 ms"] = value
+    doomed = [w.thread_id for w in next(iter(writers.values()))[-sc.delete_threads :]]
+    for key, value in p50_side_by_side(
+        savers, len(doomed), lambda saver, rep: saver.delete_thread(doomed[rep])
+    ).items():
+        out[key]["delete_thread p50 ms"] = value
+    for saver, _ in savers.values():
+        close(saver)
     return out
 
 
-def w2(make: Callable[[str], tuple[Any, Callable[[], int]]], sc: Scale) -> dict[str, Any]:
-    saver, size = make("w2")
+def w2(
+    makers: dict[str, Callable[[str], tuple[Any, Callable[[], int]]]], sc: Scale, tmp: Path
+) -> dict[str, dict[str, Any]]:
+    savers = open_all(makers, "w2")
     gen = TextGen(2)
     docs = [{"doc_id": f"d{i}", "body": gen.text(1950)} for i in range(sc.w2_docs)]
-    w = ThreadWriter(saver, "w2")
-    put_time = 0.0
+    writers = {name: ThreadWriter(saver, "w2") for name, (saver, _) in savers.items()}
+    put_time = dict.fromkeys(savers, 0.0)
     for step in range(sc.w2_steps):
         values = {"documents": docs, "scratch": {"step": step, "notes": gen.text(900)}}
-        args = w.next(values, ["scratch"] if step else ["documents", "scratch"])
-        t0 = time.perf_counter()
-        w.done(saver.put(*args))
-        put_time += time.perf_counter() - t0
-    out = {"put/s": sc.w2_steps / put_time, "bytes": size()}
-    close(saver)
+        changed = ["scratch"] if step else ["documents", "scratch"]
+        for name in rotate(list(savers), step):
+            put_time[name] += timed_put(savers[name][0], writers[name], values, changed)
+    out = {
+        name: {"put/s": sc.w2_steps / put_time[name], "bytes": size()} for name, (_, size) in savers.items()
+    }
+    for saver, _ in savers.values():
+        close(saver)
     return out
 
 
-def w3(make: Callable[[str], tuple[Any, Callable[[], int]]], sc: Scale) -> dict[str, Any]:
-    saver, _ = make("w3")
+def w3(
+    makers: dict[str, Callable[[str], tuple[Any, Callable[[], int]]]], sc: Scale, tmp: Path
+) -> dict[str, dict[str, Any]]:
+    savers = open_all(makers, "w3")
     gen = TextGen(3)
     msgs = [HumanMessage(gen.text(640), id=f"m{i}") for i in range(10)]
-    w = ThreadWriter(saver, "w3")
+    writers = {name: ThreadWriter(saver, "w3") for name, (saver, _) in savers.items()}
     config = {"configurable": {"thread_id": "w3", "checkpoint_ns": ""}}
-    out: dict[str, Any] = {}
+    out: dict[str, dict[str, Any]] = {name: {} for name in savers}
     built = 0
     for depth in sc.w3_depths:
         while built < depth:
             values = {"messages": msgs, "turn": built, "scratch": {"notes": gen.text(600)}}
-            w.done(saver.put(*w.next(values, ["turn", "scratch"] if built else list(values))))
+            changed = ["turn", "scratch"] if built else list(values)
+            for name in savers:
+                timed_put(savers[name][0], writers[name], values, changed)
             built += 1
-        out[f"get_tuple p50 ms @{depth}"] = p50_ms(lambda: saver.get_tuple(config), sc.reps)
-        out[f"list10 p50 ms @{depth}"] = p50_ms(
-            lambda: list(saver.list(config, limit=10)), max(10, sc.reps // 3)
-        )
-    close(saver)
+        for key, value in p50_side_by_side(savers, sc.reps, lambda saver, _: saver.get_tuple(config)).items():
+            out[key][f"get_tuple p50 ms @{depth}"] = value
+        for key, value in p50_side_by_side(
+            savers, max(10, sc.reps // 3), lambda saver, _: list(saver.list(config, limit=10))
+        ).items():
+            out[key][f"list10 p50 ms @{depth}"] = value
+    for saver, _ in savers.values():
+        close(saver)
     return out
 
 
-async def async_writers(saver: Any, sc: Scale) -> float:
-    """8 concurrent tasks, each putting W1 checkpoints on its own thread; returns puts/s."""
+async def async_writers(saver: Any, sc: Scale, tag: str) -> tuple[int, float]:
+    """8 concurrent tasks, each putting W1 checkpoints on its own thread: (puts, seconds)."""
     gen = TextGen(9)
 
     async def writer(k: int) -> None:
-        w = ThreadWriter(saver, f"async-{k}")
+        w = ThreadWriter(saver, f"async-{tag}-{k}")
         messages: list[Any] = []
         for step in range(sc.async_puts):
             values = chat_values(gen, messages, k, step)
@@ -320,19 +390,59 @@ async def async_writers(saver: Any, sc: Scale) -> float:
 
     t0 = time.perf_counter()
     await asyncio.gather(*(writer(k) for k in range(sc.writers)))
-    return sc.writers * sc.async_puts / (time.perf_counter() - t0)
+    return sc.writers * sc.async_puts, time.perf_counter() - t0
+
+
+async def side_by_side_rounds(savers: dict[str, Any], sc: Scale) -> dict[str, float]:
+    """puts/s of each saver under the 8-writer load, the savers taking turns round by round."""
+    done = dict.fromkeys(savers, 0)
+    spent = dict.fromkeys(savers, 0.0)
+    for r in range(sc.rounds):
+        for name in rotate(list(savers), r):
+            puts, seconds = await async_writers(savers[name], sc, f"r{r}")
+            done[name] += puts
+            spent[name] += seconds
+    return {name: done[name] / spent[name] for name in savers}
 
 
 async def conc(tmp: Path, sc: Scale) -> dict[str, float]:
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-    out: dict[str, float] = {}
-    async with AsyncSqliteSaver.from_conn_string(str(tmp / "async-lg.db")) as saver:
-        await saver.setup()
-        out["AsyncSqliteSaver FULL"] = await async_writers(saver, sc)
-    async with ThreadlineSaver.from_url(f"sqlite:///{tmp}/async-tl.db") as tl:
-        out["ThreadlineSaver sqlite FULL"] = await async_writers(tl, sc)
-    return out
+    async with (
+        AsyncSqliteSaver.from_conn_string(str(tmp / "async-lg.db")) as lg,
+        ThreadlineSaver.from_url(f"sqlite:///{tmp}/async-tl.db") as tl,
+    ):
+        await lg.setup()
+        return await side_by_side_rounds({"AsyncSqliteSaver FULL": lg, "ThreadlineSaver sqlite FULL": tl}, sc)
+
+
+async def conc_postgres(admin: str, sc: Scale) -> dict[str, float]:
+    """One async saver over a pool of 8 connections, 8 concurrent tasks."""
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    from psycopg.rows import dict_row
+    from psycopg_pool import AsyncConnectionPool
+
+    lg_url, tl_url = fresh_pg_database(admin, "alg"), fresh_pg_database(admin, "atl")
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        lg_url,
+        min_size=sc.writers,
+        max_size=sc.writers,
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+        open=False,
+    )
+    await pool.open()
+    try:
+        lg = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        await lg.setup()
+        sep = "&" if "?" in tl_url else "?"
+        async with ThreadlineSaver.from_url(
+            f"{tl_url}{sep}pool_min={sc.writers}&pool_max={sc.writers}"
+        ) as tl:
+            return await side_by_side_rounds(
+                {"AsyncPostgresSaver (pool of 8)": lg, "ThreadlineSaver postgres (pool of 8)": tl}, sc
+            )
+    finally:
+        await pool.close()
 
 
 def close(saver: Any) -> None:
@@ -379,6 +489,7 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("stored bytes vs SqliteSaver (W1)", ">= 60x smaller", ratio(sq["bytes"], tl["bytes"])),
         ("put vs SqliteSaver, both FULL (W1)", ">= 2x", ratio(tl["put/s"], sq["put/s"])),
         ("put NORMAL vs SqliteSaver FULL (W1)", ">= 5x", ratio(tln["put/s"], sq["put/s"])),
+        ("put vs raw sqlite3 ceiling, both FULL (W1)", ">= 0.7x", ratio(tl["put/s"], w1r[RAW]["put/s"])),
         (
             "8 async writers vs AsyncSqliteSaver (FULL)",
             ">= 4x",
@@ -406,6 +517,15 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str]]:
             ("stored bytes vs PostgresSaver (W1)", ">= 60x smaller", ratio(pg["bytes"], tlpg["bytes"]))
         )
         rows.append(("put vs PostgresSaver (W1)", ">= 3x", ratio(tlpg["put/s"], pg["put/s"])))
+    if "CONC_PG" in res:
+        cp = res["CONC_PG"]
+        rows.append(
+            (
+                "8 tasks, pool of 8 vs AsyncPostgresSaver",
+                ">= 3x",
+                ratio(cp["ThreadlineSaver postgres (pool of 8)"], cp["AsyncPostgresSaver (pool of 8)"]),
+            )
+        )
     return rows
 
 
@@ -425,12 +545,18 @@ def main(argv: list[str] | None = None) -> int:
             makers = saver_factories(tmp, pg)
             for name, fn in (("W1", w1), ("W2", w2), ("W3", w3)):
                 console.print(f"[bold]{name}[/] ({sc.threads} threads x {sc.steps} steps for W1)")
-                res[name] = {}
-                for saver_name, make in makers.items():
-                    res[name][saver_name] = fn(make, sc)
+                res[name] = fn(makers, sc, tmp)
                 console.print(table(name, res[name]))
             res["CONC"] = asyncio.run(conc(tmp, sc))
             console.print(table("8 async writers, puts/s", {k: {"put/s": v} for k, v in res["CONC"].items()}))
+            if pg is not None:
+                res["CONC_PG"] = asyncio.run(conc_postgres(pg, sc))
+                console.print(
+                    table(
+                        "8 async tasks over a pool of 8, puts/s",
+                        {k: {"put/s": v} for k, v in res["CONC_PG"].items()},
+                    )
+                )
         finally:
             if pg is not None:
                 drop_pg_databases(pg)
