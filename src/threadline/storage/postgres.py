@@ -851,38 +851,41 @@ class PostgresRepository(CheckpointRepository):
         self._create_list(c, tkey, derived, (ref.list_id, ref.length), info)
         return ListRef(derived, ref.length)
 
+    def _lock_blobs(self, c: Conn, hashes: set[bytes]) -> psycopg.Cursor[Any] | None:
+        """Queue a locking read of blobs (hash order): none of them can be collected until COMMIT."""
+        if not hashes:
+            return None
+        return self._x(
+            c,
+            "SELECT hash FROM {s}.blobs WHERE hash = ANY(%s::bytea[]) ORDER BY hash FOR KEY SHARE",
+            (sorted(hashes),),
+        )
+
+    @staticmethod
+    def _check_blobs(cur: psycopg.Cursor[Any] | None, hashes: set[bytes], carried: set[bytes]) -> None:
+        """Raise StaleReference unless :meth:`_lock_blobs` found all ``hashes``."""
+        missing = hashes - ({bytes(r[0]) for r in cur.fetchall()} if cur is not None else set())
+        if missing:
+            first = min(missing)
+            kind = "was collected while it was written" if first in carried else "does not exist"
+            raise StaleReference(f"blob {first.hex()} {kind}")
+
     def _reference_blobs(
         self,
         c: Conn,
         tkey: int,
         hashes: set[bytes],
-        carried: set[bytes],
         deferred: list[tuple[str, Sequence[Any]]] | None = None,
     ) -> None:
-        """Record that thread ``tkey`` references blobs; locks them against collection meanwhile."""
-        if not hashes:
-            return
-        ordered = sorted(hashes)
-        present = {
-            bytes(r[0])
-            for r in self._x(
+        """Record that thread ``tkey`` references blobs (locked and checked by the caller)."""
+        if hashes:
+            self._x_or_defer(
                 c,
-                "SELECT hash FROM {s}.blobs WHERE hash = ANY(%s::bytea[]) ORDER BY hash FOR KEY SHARE",
-                (ordered,),
-            ).fetchall()
-        }
-        missing = hashes - present
-        if missing:
-            first = min(missing)
-            kind = "was collected while it was written" if first in carried else "does not exist"
-            raise StaleReference(f"blob {first.hex()} {kind}")
-        self._x_or_defer(
-            c,
-            deferred,
-            "INSERT INTO {s}.thread_blobs (tkey, hash) SELECT %s, h FROM unnest(%s::bytea[]) AS u(h) "
-            "ON CONFLICT DO NOTHING",
-            (tkey, ordered),
-        )
+                deferred,
+                "INSERT INTO {s}.thread_blobs (tkey, hash) SELECT %s, h FROM unnest(%s::bytea[]) AS u(h) "
+                "ON CONFLICT DO NOTHING",
+                (tkey, sorted(hashes)),
+            )
 
     # ------------------------------------------------------------ threads
 
@@ -1452,7 +1455,8 @@ class PostgresRepository(CheckpointRepository):
                     ([b.hash for b in chunk], [_pack(b.data) for b in chunk]),
                 )
                 hashes.update(b.hash for b in chunk)
-            self._reference_blobs(c, tkey, hashes, hashes)
+            self._check_blobs(self._lock_blobs(c, hashes), hashes, hashes)
+            self._reference_blobs(c, tkey, hashes)
             bkeys: dict[str, int] = {}
             for b in branches:
                 row = self._x(
@@ -1617,6 +1621,9 @@ class PostgresRepository(CheckpointRepository):
         referenced = {r.list_id for r in write.manifest.values() if isinstance(r, ListRef)} - carried
         append_cur = self._lists(c, appended, "NO KEY UPDATE") if appended else None
         ref_cur = self._lists(c, referenced, "KEY SHARE") if referenced else None
+        blob_refs, _ = manifest_refs(write.manifest)
+        carried_blobs = {b.hash for b in write.blobs}
+        known_cur = self._lock_blobs(c, blob_refs - carried_blobs)  # those carried are checked once inserted
         probe_ids = [i for i in (write.parent_id if write.create_branch else None, write.restored_from) if i]
         probe_cur = (
             self._x(
@@ -1645,6 +1652,7 @@ class PostgresRepository(CheckpointRepository):
         append_info = self._list_rows(append_cur)
         ref_info = self._list_rows(ref_cur)
         taken = taken_cur.fetchall() if taken_cur is not None else []
+        self._check_blobs(known_cur, blob_refs - carried_blobs, set())
 
         if write.create_branch:
             if branch is not None:
@@ -1710,8 +1718,10 @@ class PostgresRepository(CheckpointRepository):
                 (list(new_blobs), [_pack(b.data) for b in new_blobs.values()]),
             ).fetchall()
             stored += sum(len(new_blobs[bytes(r[0])].data) for r in inserted)
-        blob_refs, _ = manifest_refs(manifest)
-        self._reference_blobs(c, tkey, blob_refs, set(new_blobs), deferred)
+            self._check_blobs(
+                self._lock_blobs(c, blob_refs & carried_blobs), blob_refs & carried_blobs, carried_blobs
+            )
+        self._reference_blobs(c, tkey, blob_refs, deferred)
         manifest_bytes = encode_manifest(manifest)
         stored += len(manifest_bytes) + len(write.header)
         self._x_or_defer(
