@@ -121,11 +121,25 @@ class RawPsycopg:
         self.conn.close()
 
 
-def run_w1_interleaved(url: str, raws: dict[str, RawPsycopg], cfg: Config) -> dict[str, Any]:
+def table_sizes(url: str, schema: str) -> dict[str, dict[str, int]]:
+    """Per table of a schema: heap (main fork, with free space and visibility maps), TOAST
+    (table and index) and indexes, in bytes; together they are pg_total_relation_size."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT k.relname, pg_table_size(k.oid) - coalesce(pg_total_relation_size(k.reltoastrelid), 0), "
+            "coalesce(pg_total_relation_size(k.reltoastrelid), 0), pg_indexes_size(k.oid) FROM pg_class k "
+            "JOIN pg_namespace n ON n.oid = k.relnamespace WHERE n.nspname = %s AND k.relkind = 'r' "
+            "ORDER BY pg_total_relation_size(k.oid) DESC, k.relname",
+            (schema,),
+        ).fetchall()
+    return {name: {"heap": heap, "toast": toast, "indexes": idx} for name, heap, toast, idx in rows}
+
+
+def run_w1_interleaved(server: str, schema: str, raws: dict[str, RawPsycopg], cfg: Config) -> dict[str, Any]:
     """W1 on a threadline store, each put followed (or preceded, alternately) by the same new bytes
     written by each raw ceiling: load changes on the machine hit all of them alike."""
     ser = Serializer()
-    store = open_store(url)
+    store = open_store(with_schema(server, schema))
     cps = store.checkpoints
     tids = [f"w1-{t:03d}" for t in range(cfg.threads)]
     for tid in tids:
@@ -147,6 +161,9 @@ def run_w1_interleaved(url: str, raws: dict[str, RawPsycopg], cfg: Config) -> di
     by_step, finals = w1_puts(put, cfg)
     unique = sum(len(store.serializer.dumps(state)) for state in finals.values())
     disk = store.repository.storage_bytes()
+    tables = table_sizes(server, schema)
+    store.repository.reclaim_space()  # a plain VACUUM: what autovacuum would leave
+    vacuumed = store.repository.storage_bytes()
     latest = cps.latest(tids[0])
     assert latest is not None and cps.get_state(latest.id) == finals[0], "W1: latest state differs"
     out: dict[str, Any] = {
@@ -155,6 +172,8 @@ def run_w1_interleaved(url: str, raws: dict[str, RawPsycopg], cfg: Config) -> di
         "bytes_on_disk": disk,
         "unique_bytes": unique,
         "bytes_ratio": disk / unique,
+        "tables": tables,
+        "bytes_after_vacuum": vacuumed,
         "reads": w1_reads(store, tids, ids, cfg),
     }
     store.close()
@@ -176,7 +195,8 @@ def bench_w1(schemas: Schemas, cfg: Config, targets: list[tuple[str, str, bool]]
         "ceiling": RawPsycopg(schemas.url, schemas.new("raw")),
         "ceiling pipelined": RawPsycopg(schemas.url, schemas.new("rawp"), pipeline=True),
     }
-    pg = run_w1_interleaved(with_schema(schemas.url, schemas.new("w1")), raws, cfg)
+    schema = schemas.new("w1")
+    pg = run_w1_interleaved(schemas.url, schema, raws, cfg)
     res: dict[str, Any] = {
         "postgres": pg,
         "ceiling": pg.pop("ceiling"),
@@ -213,6 +233,26 @@ def bench_w1(schemas: Schemas, cfg: Config, targets: list[tuple[str, str, bool]]
                 ["raw ceiling (new bytes only)", mb(res["ceiling"]["bytes"]), "", ""],
             ],
         )
+    )
+    unique = pg["unique_bytes"]
+    console.print(
+        simple_table(
+            "W1 PostgreSQL bytes per table, after the puts (x = share of the unique bytes)",
+            ["table", "heap kB", "TOAST kB", "indexes kB", "total kB", "x"],
+            [
+                [
+                    name,
+                    *(f"{n / 1000:,.0f}" for n in (*sizes.values(), sum(sizes.values()))),
+                    f"{sum(sizes.values()) / unique:.3f}",
+                ]
+                for name, sizes in pg["tables"].items()
+                if sum(sizes.values())
+            ],
+        )
+    )
+    console.print(
+        f"after a plain VACUUM (reclaim_space; it adds free space and visibility maps): "
+        f"{mb(pg['bytes_after_vacuum'])}, {pg['bytes_after_vacuum'] / unique:.2f}x"
     )
     targets += [
         (
