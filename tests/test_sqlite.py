@@ -350,3 +350,26 @@ def test_store_on_an_existing_connection_keeps_sqlite_auto_checkpoint(tmp_path: 
     assert repo._checkpointer is None
     assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
     repo.close()
+
+
+def test_write_planned_against_a_parent_deleted_by_another_handle_restores_its_values(
+    tmp_path: Path,
+) -> None:
+    # Handle A plans against its cached head; handle B deletes that head and collects
+    # its values. A's write must notice (the head moved) and store the values again,
+    # not skip them as "carried from the parent".
+    path = tmp_path / "s.db"
+    doc = {"doc": text(5000, 1)}
+    msgs = [message(i, 300) for i in range(5)]
+    with open_store(url(path)) as a, open_store(url(path)) as b:
+        a.checkpoints.create_thread("t")
+        first = a.checkpoints.create("t", {"config": doc, "msgs": msgs})
+        b.checkpoints.delete([first.id], thread_id="t")
+        b.checkpoints.repository.collect_garbage()
+        assert sqlite_counts(path)["blobs"] == 0
+        again = a.checkpoints.create("t", {"config": doc, "msgs": [*msgs, message(5, 300)]})
+        assert again.parent_id is None
+        assert_exact(b.checkpoints.get_state(again.id), {"config": doc, "msgs": [*msgs, message(5, 300)]})
+        third = a.checkpoints.create("t", {"config": doc, "msgs": msgs})
+        assert third.stored_size < 400  # the parent is the head again: the blob is carried
+        assert_exact(b.checkpoints.get_state(third.id), {"config": doc, "msgs": msgs})

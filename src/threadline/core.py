@@ -219,6 +219,8 @@ class _Plan:
     #: state key -> the encodings of all items of the list written under it
     list_bodies: dict[str, _ListCache]
     logical_size: int
+    #: blob hashes shared with the parent the plan was made against
+    carried: frozenset[bytes] = frozenset()
 
 
 class CheckpointDomainService:
@@ -536,6 +538,8 @@ class CheckpointDomainService:
                     create_branch=r.create_branch,
                     merge_parent_id=r.merge_parent_id,
                     restored_from=r.restored_from,
+                    planned_parent=parent.id if parent is not None else None,
+                    carried_blobs=plan.carried,
                 )
                 writes.append((write, r.expected_head))
             try:
@@ -597,6 +601,7 @@ class CheckpointDomainService:
         blobs: list[NewBlob] = []
         lists: list[ListAppend] = []
         bodies: dict[str, _ListCache] = {}
+        carried: set[bytes] = set()
         logical = 0
         parent_manifest = parent.manifest if parent else {}
         for key, value in state.items():
@@ -619,9 +624,11 @@ class CheckpointDomainService:
                 continue
             digest = self.serializer.content_hash(data)
             manifest[key] = BlobRef(digest)
-            if not (isinstance(old, BlobRef) and old.hash == digest) and not self._caches.has_blob(digest):
+            if isinstance(old, BlobRef) and old.hash == digest:
+                carried.add(digest)
+            elif not self._caches.has_blob(digest):
                 blobs.append(NewBlob(digest, framed))
-        return _Plan(manifest, blobs, lists, bodies, logical)
+        return _Plan(manifest, blobs, lists, bodies, logical, frozenset(carried))
 
     def _check_value_size(self, data: bytes, what: str) -> None:
         if self.max_value_bytes is not None and len(data) > self.max_value_bytes:

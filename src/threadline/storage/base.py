@@ -134,6 +134,12 @@ class CheckpointWrite:
     #: The id was generated (not chosen by the caller): the backend may replace
     #: it by a later one so that a checkpoint's id always sorts after its parent's.
     generated_id: bool = False
+    #: The checkpoint the core planned this write against (compared its values with).
+    planned_parent: str | None = None
+    #: Blob hashes the manifest shares with ``planned_parent``. While that parent is
+    #: still the branch head, inside the write's transaction, these blobs are known to
+    #: exist and to be recorded for the thread: a backend may skip checking them.
+    carried_blobs: frozenset[bytes] = frozenset()
 
 
 _UNSET: Any = object()

@@ -215,6 +215,18 @@ CHECKPOINT_EVERY_COMMITS = 128
 FALLBACK_AUTOCHECKPOINT_PAGES = 8192
 
 
+_ListInfo = tuple[int, int | None, int, int, bool, int]
+
+
+def _list_info_of(row: Sequence[Any] | None) -> _ListInfo | None:
+    """(owner tkey, base id, base length, depth, sealed, length) from a row of
+    (tkey, base_id, base_len, depth, sealed, max(pos)); None when the list is missing."""
+    if row is None or row[0] is None:
+        return None
+    length = row[2] if row[5] is None else max(row[2], row[5] + 1)
+    return (row[0], row[1], row[2], row[3], bool(row[4]), length)
+
+
 class _Checkpointer:
     """Copies committed WAL pages into the database file off the writers' path.
 
@@ -605,17 +617,14 @@ class SQLiteRepository(CheckpointRepository):
         )
 
     @staticmethod
-    def _list_info(c: sqlite3.Connection, list_id: int) -> tuple[int, int | None, int, int, bool, int] | None:
+    def _list_info(c: sqlite3.Connection, list_id: int) -> _ListInfo | None:
         """(owner tkey, base id, base length, depth, sealed, length) of a list."""
         row = c.execute(
             "SELECT tkey, base_id, base_len, depth, sealed, "
             "(SELECT max(pos) FROM items WHERE items.list_id = lists.list_id) FROM lists WHERE list_id = ?",
             (list_id,),
         ).fetchone()
-        if row is None:
-            return None
-        length = row[2] if row[5] is None else max(row[2], row[5] + 1)
-        return (row[0], row[1], row[2], row[3], bool(row[4]), length)
+        return _list_info_of(row)
 
     @staticmethod
     def _list_length(c: sqlite3.Connection, list_id: int, base_len: int) -> int:
@@ -679,13 +688,19 @@ class SQLiteRepository(CheckpointRepository):
                 (list_id, seg_id, lo, hi),
             )
 
-    def _apply_list(self, c: sqlite3.Connection, tkey: int, la: ListAppend) -> tuple[int, int]:
-        """Store one list append; returns (final list id, bytes added)."""
+    def _apply_list(
+        self, c: sqlite3.Connection, tkey: int, la: ListAppend, info: _ListInfo | Any | None = UNSET
+    ) -> tuple[int, int]:
+        """Store one list append; returns (final list id, bytes added).
+
+        ``info`` is the list's :meth:`_list_info` when the caller already read it in this
+        transaction."""
         target = la.list_id
         if la.base is not None:
             self._create_list(c, tkey, target, la.base)
         else:
-            info = self._list_info(c, target)
+            if info is UNSET:
+                info = self._list_info(c, target)
             if info is None:
                 if la.start != 0:
                     raise StaleReference(f"list {target} does not exist")
@@ -1353,13 +1368,27 @@ class SQLiteRepository(CheckpointRepository):
     def _append_one(
         self, c: sqlite3.Connection, write: CheckpointWrite, expected_head: str | Any | None
     ) -> CheckpointRow:
-        found = c.execute(
-            "SELECT t.tkey, b.bkey, b.head FROM threads t "
-            "LEFT JOIN branches b ON b.tkey = t.tkey AND b.name = ? WHERE t.id = ?",
-            (write.branch, write.thread_id),
-        ).fetchone()
+        # The common write appends to one list: read that list's state with the thread and
+        # branch, in one statement (each statement costs a round through the GIL).
+        first = write.lists[0] if write.lists and write.lists[0].base is None else None
+        if first is None:
+            found = c.execute(
+                "SELECT t.tkey, b.bkey, b.head FROM threads t "
+                "LEFT JOIN branches b ON b.tkey = t.tkey AND b.name = ? WHERE t.id = ?",
+                (write.branch, write.thread_id),
+            ).fetchone()
+        else:
+            found = c.execute(
+                "SELECT t.tkey, b.bkey, b.head, l.tkey, l.base_id, l.base_len, l.depth, l.sealed, "
+                "(SELECT max(pos) FROM items WHERE items.list_id = l.list_id) FROM threads t "
+                "LEFT JOIN branches b ON b.tkey = t.tkey AND b.name = ? "
+                "LEFT JOIN lists l ON l.list_id = ? WHERE t.id = ?",
+                (write.branch, first.list_id, write.thread_id),
+            ).fetchone()
         if found is None:
             raise NotFound(f"thread {write.thread_id!r} does not exist")
+        first_info = _list_info_of(found[3:]) if first is not None else None
+        found = found[:3]
         tkey = found[0]
         branch = found[1:] if found[1] is not None else None
         if write.create_branch:
@@ -1395,7 +1424,9 @@ class SQLiteRepository(CheckpointRepository):
         stored = 0
         renames: dict[int, int] = {}
         for la in write.lists:
-            final, added = self._apply_list(c, tkey, la)
+            final, added = (
+                self._apply_list(c, tkey, la, first_info) if la is first else self._apply_list(c, tkey, la)
+            )
             stored += added
             if final != la.list_id:
                 renames[la.list_id] = final
@@ -1414,7 +1445,16 @@ class SQLiteRepository(CheckpointRepository):
             if cur.rowcount:
                 stored += len(blob.data)
         blob_refs, _ = manifest_refs(manifest)
+        # Blobs the planned parent references are live and recorded for this thread while
+        # that parent is still the head (read above, in this transaction).
+        known_blobs = (
+            write.carried_blobs
+            if write.planned_parent is not None and write.planned_parent == head
+            else frozenset()
+        )
         for digest in blob_refs:
+            if digest in known_blobs:
+                continue
             cur = c.execute("INSERT OR IGNORE INTO thread_blobs (tkey, hash) VALUES (?, ?)", (tkey, digest))
             fresh = cur.rowcount and digest not in new_blobs
             if fresh and c.execute("SELECT 1 FROM blobs WHERE hash = ?", (digest,)).fetchone() is None:
