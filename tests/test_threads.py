@@ -22,6 +22,7 @@ from threadline.errors import (
     PermissionDenied,
 )
 from threadline.model import CheckpointFilter, CheckpointKind
+from threadline.sessions import decode_policy, encode_policy
 from threadline.storage.base import BlobRef
 from threadline.store import Store
 from threadline.threads import Role, ThreadCheckpointService
@@ -829,6 +830,7 @@ def test_share_copies_a_checkpoint_with_origin(store: Store) -> None:
 def _rich_thread(store: Store, tid: str = "src") -> str:
     t = store.threads.create_thread(tid, metadata={"m": 1}, session_id="s", owner="alice").id
     store.threads.add_participant(t, "bob", "viewer")
+    store.threads.set_thread_policy(t, encode_policy({"max_checkpoints": 50, "ttl_auto": None}))
     msgs: list[str] = []
     for i in range(6):
         msgs.append(f"message {i} " + "z" * 300)
@@ -849,6 +851,7 @@ def _snapshot(store: Store, tid: str) -> dict[str, Any]:
         "metadata": thread.metadata,
         "session": thread.session_id,
         "default": thread.default_branch,
+        "policy": decode_policy(svc.thread_row(tid).policy),
         "branches": {b.name: (b.head, b.created_at, b.base) for b in svc.branches(tid)},
         "participants": svc.participants(tid),
         "checkpoints": [
@@ -881,7 +884,7 @@ def test_copy_thread_keep_ids(store: Store) -> None:
     a, b = _snapshot(store, src), _snapshot(store, "cpy")
     assert a["branches"].keys() == b["branches"].keys()
     assert {k: v[0] for k, v in a["branches"].items()} == {k: v[0] for k, v in b["branches"].items()}
-    for key in ("metadata", "session", "default", "participants", "checkpoints", "states"):
+    for key in ("metadata", "session", "default", "policy", "participants", "checkpoints", "states"):
         assert a[key] == b[key], key
     after = store.checkpoints.stats()
     logical = store.checkpoints.stats(["cpy"]).logical_bytes

@@ -455,7 +455,15 @@ class MemoryRepository(CheckpointRepository):
                 renames[lid] = self._new_list_id(set(renames.values()))
                 self._lists[renames[lid]] = self._derived(target_id, lid, n)
             dst = _Thread(
-                ThreadRow(target_id, created_at, src.row.session_id, metadata, src.row.default_branch, origin)
+                ThreadRow(
+                    target_id,
+                    created_at,
+                    src.row.session_id,
+                    metadata,
+                    src.row.default_branch,
+                    origin,
+                    src.row.policy,
+                )
             )
             dst.branches = {
                 name: replace(b, thread_id=target_id, head=mapped(b.head), base=mapped(b.base))

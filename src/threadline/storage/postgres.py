@@ -1510,11 +1510,22 @@ class PostgresRepository(CheckpointRepository):
     ) -> ThreadRow:
         def op(c: Conn) -> ThreadRow:
             src = self._tkey(c, source_id, "FOR KEY SHARE")
-            session_id, default = _first(
-                self._x(c, "SELECT session_id, default_branch FROM {s}.threads WHERE tkey = %s", (src,))
+            session_id, default, policy = _first(
+                self._x(
+                    c, "SELECT session_id, default_branch, policy FROM {s}.threads WHERE tkey = %s", (src,)
+                )
             )
             dst = self._insert_thread(
-                c, ThreadRow(target_id, created_at, session_id, metadata, default, origin)
+                c,
+                ThreadRow(
+                    target_id,
+                    created_at,
+                    session_id,
+                    metadata,
+                    default,
+                    origin,
+                    bytes(policy) if policy is not None else None,
+                ),
             )
 
             def mapped(value: uuid.UUID | None) -> uuid.UUID | None:

@@ -1286,13 +1286,13 @@ class SQLiteRepository(CheckpointRepository):
             src = self._tkey(c, source_id)
             if c.execute("SELECT 1 FROM threads WHERE id = ?", (target_id,)).fetchone():
                 raise AlreadyExists(f"thread {target_id!r} already exists")
-            session_id, default = c.execute(
-                "SELECT session_id, default_branch FROM threads WHERE tkey = ?", (src,)
+            session_id, default, policy = c.execute(
+                "SELECT session_id, default_branch, policy FROM threads WHERE tkey = ?", (src,)
             ).fetchone()
             cur = c.execute(
-                "INSERT INTO threads (id, created_at, session_id, metadata, default_branch, origin) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (target_id, created_at, session_id, metadata, default, origin),
+                "INSERT INTO threads (id, created_at, session_id, metadata, default_branch, origin, policy) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (target_id, created_at, session_id, metadata, default, origin, policy),
             )
             dst = int(cur.lastrowid or 0)
 
