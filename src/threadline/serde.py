@@ -650,7 +650,11 @@ class Serializer:
                 count = max(1, min(count - 1, count * RUN_BYTES // len(body)))
                 body = _pack_states(items[start : start + count])
             kept, offset = _common_items(body, count, old, old_count) if old_count else (0, 0)
-            if kept and not all(map(operator.is_, types[start : start + kept], old_types[start:])):
+            same = (
+                itertools.islice(types, start, start + kept),
+                itertools.islice(old_types, start, start + kept),
+            )
+            if kept and not all(map(operator.is_, *same)):
                 kept, offset = 0, 0
             exts.extend(old_exts[start : start + kept])
             if kept < count:
