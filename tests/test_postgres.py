@@ -256,12 +256,6 @@ def test_version_3_store_migrates_and_keeps_its_values(
         assert store.checkpoints.get_state(first.id) == state
         assert is_packed(repo, "items") == [False, False, False, True]
         assert sorted(is_packed(repo, "blobs")) == [False, True]
-        options = repo._query(
-            "SELECT relname, reloptions FROM pg_class WHERE relnamespace = %s::regnamespace "
-            "AND relname IN ('branches', 'lists') ORDER BY relname",
-            (repo.schema,),
-        )
-        assert options == [("branches", ["fillfactor=50"]), ("lists", ["fillfactor=50"])]
 
 
 @pytest.mark.parametrize(

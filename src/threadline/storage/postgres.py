@@ -219,17 +219,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             _EXTERNAL % ("pending_writes", "value"),
         ],
     ),
-    (
-        4,
-        # Item and blob values may now be stored zstd-compressed (_pack): a store at version 4
-        # is unreadable to a threadline that does not know it. Existing values stay as they are.
-        # Every write updates its branch and list rows: room on their pages keeps those
-        # updates HOT (pruned in place) instead of spreading dead versions over new pages.
-        [
-            "ALTER TABLE {s}.branches SET (fillfactor = 50)",
-            "ALTER TABLE {s}.lists SET (fillfactor = 50)",
-        ],
-    ),
+    # Item and blob values may be stored zstd-compressed (_pack): a threadline that does not know
+    # that must refuse the store. Existing values stay as they are, so nothing is rewritten.
+    (4, []),
 ]
 #: The schema version this backend migrates to (its own: PostgreSQL's layout moves on its own).
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
