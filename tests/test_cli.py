@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -555,6 +555,20 @@ def test_migrate_reports_schema_versions(sample: Sample, tmp_path: Path) -> None
     assert doc["before"] == 1 and doc["after"] == SCHEMA_VERSION and doc["migrated"] is True
     assert "already up to date" in run(f"sqlite:///{old}", "migrate").stdout
     assert f"migrated schema version 1 -> {SCHEMA_VERSION}" in run(f"sqlite:///{copy}", "migrate").stdout
+
+
+def test_migrate_reports_the_postgres_backends_own_latest_version(
+    backend_url: Callable[[str, str], str],
+) -> None:
+    from threadline.storage import postgres
+
+    url = backend_url("postgres", "m")
+    doc = run_json(url, "migrate")
+    assert doc["after"] == doc["latest"] == postgres.SCHEMA_VERSION
+    assert (
+        f"(latest {postgres.SCHEMA_VERSION})" in run(url, "migrate").stdout
+        or "up to date" in run(url, "migrate").stdout
+    )
 
 
 def test_a_store_from_a_newer_threadline_is_refused(sample: Sample) -> None:

@@ -318,6 +318,10 @@ class CheckpointRepository(abc.ABC):
     def schema_version(self) -> int:
         """The schema version recorded in the store."""
 
+    def latest_schema_version(self) -> int:
+        """The newest schema version this backend knows (what opening migrates to)."""
+        return SCHEMA_VERSION
+
     # ------------------------------------------------------------ threads
 
     @abc.abstractmethod

@@ -657,6 +657,9 @@ class PostgresRepository(CheckpointRepository):
 
         self._write(apply)
 
+    def latest_schema_version(self) -> int:
+        return SCHEMA_VERSION
+
     def schema_version(self) -> int:
         return self._read(self._inspect)[1] or 0
 

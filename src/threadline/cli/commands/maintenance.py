@@ -18,7 +18,6 @@ from threadline.cli.common import (
     show_progress,
     store_url,
 )
-from threadline.storage.base import SCHEMA_VERSION
 
 
 @app.command()
@@ -73,18 +72,19 @@ def migrate(as_json: JsonOption = False) -> None:
     before = _sqlite_version_on_disk(store_url())
     with open_cli_store() as store:
         after = store.repository.schema_version()
+        latest = store.repository.latest_schema_version()
         if as_json:
             emit_json(
                 {
                     "store": store.url,
                     "before": before,
                     "after": after,
-                    "latest": SCHEMA_VERSION,
+                    "latest": latest,
                     "migrated": before is not None and before != after,
                 }
             )
         elif before is None:
-            out.print(f"{escape(store.url)}: schema version {after} (latest {SCHEMA_VERSION})")
+            out.print(f"{escape(store.url)}: schema version {after} (latest {latest})")
         elif before == after:
             out.print(f"{escape(store.url)}: schema version {after}, already up to date")
         else:
