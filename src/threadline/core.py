@@ -22,6 +22,7 @@ import asyncio
 import builtins
 import functools
 import hashlib
+import operator
 import threading
 import zlib
 from collections import OrderedDict
@@ -29,6 +30,8 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import ormsgpack
 
 from threadline.errors import (
     IntegrityError,
@@ -117,10 +120,16 @@ _HEADER_KEYS = {
 
 @dataclass(frozen=True)
 class _ListCache:
-    """The encodings (unframed) of a stored list's first items, and their total size."""
+    """The encodings (unframed) of a stored list's first items, and their total size.
+
+    ``objects``: when every item written was an already-encoded value (an
+    ``ormsgpack.Ext``, which is immutable), those very objects; a later list holding the
+    same objects at the same positions is known unchanged without encoding it again.
+    """
 
     items: list[bytes]
     size: int
+    objects: list[Any] | None = None
 
 
 class _Caches:
@@ -646,11 +655,23 @@ class CheckpointDomainService:
         mistaken for an unchanged one. Returns the reference, the append to store (None
         when the list is a prefix of the parent's) and the encodings of all its items.
         """
-        runs = self.serializer.dumps_runs(value, path=path)
-        start, known = (self._common_prefix(value, runs, path, old)) if isinstance(old, ListRef) else (0, [])
+        encoded = set(map(type, value)) == {_EXT}
+        same = self._same_objects(value, old) if encoded and isinstance(old, ListRef) else None
+        if same is not None:
+            start, known = len(same), same
+            size = sum(map(len, known))
+        else:
+            runs = self.serializer.dumps_runs(value, path=path)
+            start, known = (
+                self._common_prefix(value, runs, path, old) if isinstance(old, ListRef) else (0, [])
+            )
+            size = sum(run.size for run in runs)
+        objects = list(value) if encoded else None
         if isinstance(old, ListRef) and start == len(value):
-            return ListRef(old.list_id, start), None, _ListCache(known, sum(map(len, known)))
+            return ListRef(old.list_id, start), None, _ListCache(known, sum(map(len, known)), objects)
         new_items = self.serializer.dumps_items(value[start:], path=path, first=start)
+        if same is not None:
+            size += sum(map(len, new_items))
         self._check_value_size(max(new_items, key=len), f"an item of {path}")
         if isinstance(old, ListRef) and start > 0:
             list_id, base = (
@@ -668,7 +689,18 @@ class CheckpointDomainService:
             base=base,
         )
         items = [*known, *new_items]
-        return ListRef(list_id, len(value)), append, _ListCache(items, sum(run.size for run in runs))
+        return ListRef(list_id, len(value)), append, _ListCache(items, size, objects)
+
+    def _same_objects(self, value: list[Any], old: ListRef) -> builtins.list[bytes] | None:
+        """The encodings of the parent's list ``old`` when ``value`` starts with the very
+        (immutable, already encoded) objects that list was written from; else None."""
+        cached = self._caches.list(old.list_id)
+        if cached is None or cached.objects is None or len(cached.items) < old.length:
+            return None
+        n = old.length
+        if n > len(value) or len(cached.objects) < n or not all(map(operator.is_, value[:n], cached.objects)):
+            return None
+        return cached.items[:n]
 
     def _common_prefix(
         self, value: list[Any], runs: Sequence[ItemRun], path: str, old: ListRef
@@ -1264,6 +1296,9 @@ class CheckpointDomainService:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+_EXT = ormsgpack.Ext
 
 
 def random_list_id() -> int:
