@@ -354,13 +354,19 @@ class SQLiteRepository(CheckpointRepository):
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         conn.isolation_level = None
+        pragmas = [
+            "PRAGMA busy_timeout = 0",
+            f"PRAGMA synchronous = {self._synchronous}",
+            "PRAGMA foreign_keys = OFF",
+            "PRAGMA cache_size = -16000",
+        ]
+        if self._checkpointer is not None:
+            pragmas.append(f"PRAGMA wal_autocheckpoint = {FALLBACK_AUTOCHECKPOINT_PAGES}")
         with self._translate():
-            conn.execute("PRAGMA busy_timeout = 0")
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-            conn.execute("PRAGMA foreign_keys = OFF")
-            conn.execute("PRAGMA cache_size = -16000")
-            if self._checkpointer is not None:
-                conn.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_AUTOCHECKPOINT_PAGES}")
+            # A pragma may need to read the schema, which another process creating the
+            # file can hold locked for a moment: retry BUSY like any other statement.
+            for pragma in pragmas:
+                self._retry(lambda pragma=pragma: conn.execute(pragma).fetchall())  # type: ignore[misc]
 
     def _set_journal(self, conn: sqlite3.Connection) -> None:
         row = conn.execute("PRAGMA journal_mode").fetchone()
