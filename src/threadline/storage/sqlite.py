@@ -209,10 +209,12 @@ PAGE_SIZE = 8192
 
 
 #: The background checkpointer wakes after this many commits of this process.
-CHECKPOINT_EVERY_COMMITS = 128
-#: Writers checkpoint themselves (SQLite's own auto-checkpoint) only past this many WAL
-#: pages: a fallback for when the background checkpointer cannot keep up or is gone.
-FALLBACK_AUTOCHECKPOINT_PAGES = 8192
+CHECKPOINT_EVERY_COMMITS = 32
+#: Writers still run SQLite's auto-checkpoint past this many WAL pages (its default). By then
+#: the background checkpointer has copied most pages, so the writer copies only the last few;
+#: and a checkpoint that catches up with the writer is what lets the WAL restart from its
+#: beginning (background checkpoints alone never catch up with a busy writer).
+FALLBACK_AUTOCHECKPOINT_PAGES = 1000
 
 
 _ListInfo = tuple[int, int | None, int, int, bool, int]
@@ -232,9 +234,10 @@ class _Checkpointer:
 
     SQLite's auto-checkpoint runs inside the COMMIT of whichever write crosses the
     threshold: that write waits for hundreds of pages to be copied and the file to be
-    synced. Instead, writers wake this thread every ``CHECKPOINT_EVERY_COMMITS`` commits
-    and it runs a PASSIVE checkpoint on its own connection, which never blocks readers or
-    writers (it copies what no reader still needs and gives up on a busy lock).
+    synced. Writers wake this thread every ``CHECKPOINT_EVERY_COMMITS`` commits and it runs
+    a PASSIVE checkpoint on its own connection, which never blocks readers or writers (it
+    copies what no reader still needs and gives up on a busy lock); the writer's own
+    auto-checkpoint then has only the last few pages to copy.
     Checkpoints are as crash-safe as SQLite's own: this only moves where they run.
     """
 
