@@ -668,7 +668,7 @@ class CheckpointDomainService:
             size = sum(run.size for run in runs)
         objects = list(value) if encoded else None
         if isinstance(old, ListRef) and start == len(value):
-            return ListRef(old.list_id, start), None, _ListCache(known, sum(map(len, known)), objects)
+            return ListRef(old.list_id, start), None, _ListCache(known, size, objects)
         new_items = self.serializer.dumps_items(value[start:], path=path, first=start)
         if same is not None:
             size += sum(map(len, new_items))
