@@ -2057,20 +2057,32 @@ class SQLiteRepository(CheckpointRepository):
 
         return self._write(op)
 
+    def _truncate_wal(self, conn: sqlite3.Connection) -> None:
+        """Checkpoint the whole WAL and truncate it. The pragma reports a checkpoint it could
+        not finish (another connection, such as the background checkpointer, is running one,
+        or a reader still needs old pages) in its result instead of raising: try again for a
+        few seconds, then leave the rest to later checkpoints."""
+        deadline = time.monotonic() + 5.0
+        while True:
+            row = self._retry(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+            if not row[0] or time.monotonic() > deadline:
+                return
+            time.sleep(0.002)
+
     def reclaim_space(self) -> int:
         before = self.storage_bytes()
         conn = self._conn()
         with self._translate():
-            self._retry(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+            self._truncate_wal(conn)
             # executescript steps the pragma to completion (execute would free one page)
             self._retry(lambda: conn.executescript("PRAGMA incremental_vacuum;"))
-            self._retry(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+            self._truncate_wal(conn)
         return max(0, before - self.storage_bytes())
 
     def storage_bytes(self) -> int:
         conn = self._conn()
         with self._translate():
-            self._retry(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+            self._truncate_wal(conn)
         if self.path is None:
             c = self._conn()
             return int(c.execute("PRAGMA page_count").fetchone()[0]) * int(
