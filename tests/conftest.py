@@ -15,6 +15,15 @@ import pytest
 
 from threadline.testing import StoreFactory
 
+#: Names this test run gives its PostgreSQL schemas contain this token, so that the run drops
+#: its own leftovers at the end and never another concurrent run's (a benchmark, a CI check).
+RUN_TOKEN = f"r{uuid.uuid4().hex[:8]}"
+
+
+def unique_name(prefix: str) -> str:
+    """A fresh schema or database name of this test run: ``<prefix>_<run token><random>``."""
+    return f"{prefix}_{RUN_TOKEN}{uuid.uuid4().hex[:8]}"
+
 
 @pytest.fixture
 def memory_factory() -> Iterator[StoreFactory]:
@@ -69,7 +78,7 @@ def postgres_factory(postgres_url: str) -> Iterator[StoreFactory]:
     schemas: list[str] = []
 
     def make_url(n: int) -> str:
-        schemas.append(f"t_{uuid.uuid4().hex[:16]}")
+        schemas.append(unique_name("t"))
         return with_schema(postgres_url, schemas[-1])
 
     with StoreFactory(make_url) as factory:
@@ -93,7 +102,7 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Call
         if kind == "sqlite":
             return f"sqlite:///{tmp_path}/{name}.db"
         base = request.getfixturevalue("postgres_url")
-        schemas.append(f"t_{uuid.uuid4().hex[:16]}")
+        schemas.append(unique_name("t"))
         return with_schema(base, schemas[-1])
 
     yield make
@@ -107,34 +116,22 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Call
 
 @pytest.fixture(scope="session", autouse=True)
 def _drop_test_schemas() -> Iterator[None]:
-    """Drop the PostgreSQL schemas this test session created (named tl_* or t_*) when it ends.
+    """Drop the PostgreSQL schemas this test run created (their names hold ``RUN_TOKEN``).
 
-    Schemas that existed when the session started are left alone: another run (a crash suite,
-    a benchmark) may be using them.
+    Schemas of other runs (a concurrent test run, a crash suite, a benchmark) are left alone.
     """
-    before = _test_schemas()
     yield
-    created = _test_schemas() - before
-    if not created:
-        return
-    import psycopg
-
-    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3) as conn:
-        for name in sorted(created):
-            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-
-
-def _test_schemas() -> set[str]:
     try:
         import psycopg
 
         with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3) as conn:
             rows = conn.execute(
-                "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tl\\_%' OR nspname LIKE 't\\_%'"
+                "SELECT nspname FROM pg_namespace WHERE strpos(nspname, %s) > 0", (RUN_TOKEN,)
             ).fetchall()
-            return {r[0] for r in rows}
+            for (name,) in rows:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     except Exception:  # no server, or no driver: nothing to drop
-        return set()
+        return
 
 
 def postgres_available() -> bool:

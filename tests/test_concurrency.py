@@ -7,14 +7,13 @@ The workers, the checks and the long setting live in ``scripts/concurrency_suite
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from conftest import POSTGRES_URL as PG_URL
-from conftest import load_script, postgres_available
+from conftest import load_script, postgres_available, unique_name
 
 WRITES = int(os.environ.get("THREADLINE_CONCURRENCY_WRITES", "25"))
 
@@ -30,7 +29,7 @@ def make_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], 
     if request.param == "sqlite":
         return lambda name: f"sqlite:///{tmp_path}/{name}.db"
     sep = "&" if "?" in PG_URL else "?"
-    return lambda name: f"{PG_URL}{sep}schema=tl_cc_{uuid.uuid4().hex[:12]}"
+    return lambda name: f"{PG_URL}{sep}schema={unique_name('tl_cc')}"
 
 
 @pytest.mark.parametrize("processes", [2, 8])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import POSTGRES_URL as PG_URL
-from conftest import load_script, postgres_available
+from conftest import load_script, postgres_available, unique_name
 from threadline import open_store
 
 KILLS = int(os.environ.get("THREADLINE_CRASH_KILLS", "8"))
@@ -33,7 +33,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path}/crash.db"
     else:
         sep = "&" if "?" in PG_URL else "?"
-        yield f"{PG_URL}{sep}schema=tl_crash_{uuid.uuid4().hex[:12]}"
+        yield f"{PG_URL}{sep}schema={unique_name('tl_crash')}"
 
 
 # Operations the random writer leaves out (none: every operation takes part).

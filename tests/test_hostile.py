@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import POSTGRES_URL as PG_URL
-from conftest import postgres_available
+from conftest import postgres_available, unique_name
 from threadline import (
     AlreadyExists,
     CheckpointFilter,
@@ -72,7 +72,7 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         url = f"sqlite:///{tmp_path_factory.mktemp('hostile')}/h.db"
     else:
         sep = "&" if "?" in PG_URL else "?"
-        url = f"{PG_URL}{sep}schema=tl_hostile_{uuid.uuid4().hex[:12]}"
+        url = f"{PG_URL}{sep}schema={unique_name('tl_hostile')}"
     with open_store(url) as s:
         yield s
 

@@ -11,14 +11,13 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import POSTGRES_URL as PG_URL
-from conftest import postgres_available, sqlite_counts
+from conftest import postgres_available, sqlite_counts, unique_name
 from threadline import InvalidInput, LimitExceeded, open_store
 
 MB = 1 << 20
@@ -33,7 +32,7 @@ def _url(backend: str, tmp_path: Path, name: str = "s") -> str:
     if backend == "sqlite":
         return f"sqlite:///{tmp_path}/{name}.db"
     sep = "&" if "?" in PG_URL else "?"
-    return f"{PG_URL}{sep}schema=tl_limits_{uuid.uuid4().hex[:12]}"
+    return f"{PG_URL}{sep}schema={unique_name('tl_limits')}"
 
 
 @pytest.fixture(params=DURABLE)

@@ -23,7 +23,7 @@ import psycopg.sql
 import psycopg_pool
 import pytest
 
-from conftest import with_schema
+from conftest import unique_name, with_schema
 from threadline import InvalidInput, SchemaError, StorageError, Store, open_store
 from threadline.errors import Conflict, IntegrityError
 from threadline.serde import KeyRing
@@ -64,7 +64,7 @@ def admin(postgres_url: str) -> Iterator[psycopg.Connection[Any]]:
 @pytest.fixture
 def schema_url(postgres_url: str, admin: psycopg.Connection[Any]) -> Iterator[str]:
     """The URL of a fresh schema (not created yet), dropped at teardown."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
+    name = unique_name("t")
     yield with_schema(postgres_url, name)
     admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
@@ -197,7 +197,7 @@ def test_newer_schema_is_refused(schema_url: str) -> None:
 def test_schema_of_another_application_is_refused_untouched(
     postgres_url: str, admin: psycopg.Connection[Any]
 ) -> None:
-    name = f"t_{uuid.uuid4().hex[:16]}"
+    name = unique_name("t")
     admin.execute(f'CREATE SCHEMA "{name}"')
     admin.execute(f'CREATE TABLE "{name}".checkpoints (thread_id text, data jsonb)')
     try:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
-from conftest import with_schema
+from conftest import unique_name, with_schema
 from threadline import open_store
 from threadline.errors import Conflict
 from threadline.storage.postgres import SCHEMA_VERSION
@@ -23,7 +22,7 @@ WRITES = 25
 
 @pytest.fixture
 def url(postgres_url: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:16]}"
+    name = unique_name("t")
     yield with_schema(postgres_url, name)
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
