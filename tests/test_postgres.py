@@ -54,6 +54,16 @@ class TestPostgres(StoreConformance):
         }
 
 
+class TestPostgresGeneralPath(TestPostgres):
+    """The suite again with every write on the general path, which the server-side
+    ``append_checkpoint`` leaves some writes to (forks of lists, branch creation, several at once)."""
+
+    @pytest.fixture
+    def store_factory(self, postgres_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch) -> StoreFactory:
+        monkeypatch.setattr(PostgresRepository, "_append_fast", lambda self, write, expected: None)
+        return postgres_factory
+
+
 @pytest.fixture
 def admin(postgres_url: str) -> Iterator[psycopg.Connection[Any]]:
     """A separate autocommit connection to the test database."""
@@ -242,13 +252,14 @@ def test_version_3_store_migrates_and_keeps_its_values(
         m.setattr(pg, "MIGRATIONS", pg.MIGRATIONS[:3])
         m.setattr(pg, "SCHEMA_VERSION", 3)
         m.setattr(pg, "_pack", lambda data: data)
+        m.setattr(PostgresRepository, "_append_fast", lambda self, write, expected: None)
         with open_store(schema_url) as old:
             assert repo_of(old).schema_version() == 3
             old.checkpoints.create_thread("t")
             first = old.checkpoints.create("t", state)
     with open_store(schema_url) as store:
         repo = repo_of(store)
-        assert repo.schema_version() == pg.SCHEMA_VERSION == 4
+        assert repo.schema_version() == pg.SCHEMA_VERSION == 5
         assert store.checkpoints.get_state(first.id) == state
         later = {"msgs": [*state["msgs"], message(3, 700)], "doc": text(1000, 2)}
         second = store.checkpoints.create("t", later)
@@ -256,6 +267,35 @@ def test_version_3_store_migrates_and_keeps_its_values(
         assert store.checkpoints.get_state(first.id) == state
         assert is_packed(repo, "items") == [False, False, False, True]
         assert sorted(is_packed(repo, "blobs")) == [False, True]
+
+
+def test_version_4_store_migrates_to_the_append_function(
+    schema_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = {"msgs": [message(i, 700) for i in range(3)], "doc": text(1000, 1), "n": 0}
+    with monkeypatch.context() as m:  # what threadline wrote before version 5: no server function
+        m.setattr(pg, "MIGRATIONS", pg.MIGRATIONS[:4])
+        m.setattr(pg, "SCHEMA_VERSION", 4)
+        m.setattr(PostgresRepository, "_append_fast", lambda self, write, expected: None)
+        with open_store(schema_url) as old:
+            assert repo_of(old).schema_version() == 4
+            assert not repo_of(old)._query("SELECT to_regproc('{s}.append_checkpoint') IS NOT NULL")[0][0]
+            old.checkpoints.create_thread("t")
+            first = old.checkpoints.create("t", state)
+    with open_store(schema_url) as store:
+        repo = repo_of(store)
+        assert repo.schema_version() == pg.SCHEMA_VERSION == 5
+        assert repo._query("SELECT to_regproc('{s}.append_checkpoint') IS NOT NULL")[0][0]
+        later = {**state, "msgs": [*state["msgs"], message(3, 700)], "n": 1}
+        second = store.checkpoints.create("t", later, expected_head=first.id)
+        assert second.parent_id == first.id
+        assert store.checkpoints.get_state(second.id) == later
+        assert store.checkpoints.get_state(first.id) == state
+        # the new write appended to the list and shared the blob the version 4 write stored
+        assert repo._query("SELECT count(*), count(DISTINCT list_id) FROM {s}.items")[0] == (4, 1)
+        assert repo._query("SELECT count(*) FROM {s}.blobs")[0][0] == 1
+        with pytest.raises(Conflict):
+            store.checkpoints.create("t", state, expected_head=first.id)
 
 
 @pytest.mark.parametrize(
@@ -547,25 +587,35 @@ def test_connection_killed_while_committing_stores_nothing(
     first = cps.create("t", {"msgs": msgs, "doc": "a" * 3000})
     repo.collect_garbage()
     before = TestPostgres().stored_parts(store)
-    fixed = str(uuid.uuid4())
+    key = int.from_bytes(os.urandom(7), "big")
+    # A deferred trigger that waits for an advisory lock makes the write wait inside its COMMIT
+    # (as a synchronous standby would): killed there, the client cannot know the outcome.
+    repo._write(
+        lambda c: (
+            c.execute(
+                repo._sql(
+                    "CREATE FUNCTION {s}.wait_at_commit() RETURNS trigger LANGUAGE plpgsql AS "
+                    f"$$ BEGIN PERFORM pg_advisory_xact_lock({key}); RETURN NULL; END $$"
+                )
+            ),
+            c.execute(
+                repo._sql(
+                    "CREATE CONSTRAINT TRIGGER wait_at_commit AFTER INSERT ON {s}.checkpoints "
+                    "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {s}.wait_at_commit()"
+                )
+            ),
+        )
+    )
     with (
         psycopg.connect(postgres_url, autocommit=True) as blocker,
         psycopg.connect(postgres_url, autocommit=True) as admin,
     ):
-        # An uncommitted row with the same key makes the write wait in its last round trip (COMMIT sent).
-        blocker.execute("BEGIN")
-        blocker.execute(
-            repo._sql(
-                "INSERT INTO {s}.checkpoints (tkey, bkey, created_at, logical_size, stored_size, id, kind, "
-                "header, manifest) SELECT tkey, 0, 0, 0, 0, %s, 0, '', '' FROM {s}.threads WHERE id = 't'"
-            ),
-            (uuid.UUID(fixed),),
-        )
+        blocker.execute("SELECT pg_advisory_lock(%s)", (key,))
         errors: list[BaseException] = []
 
         def write() -> None:
             try:
-                cps.create("t", {"msgs": [*msgs, message(20)], "doc": "b" * 3000}, checkpoint_id=fixed)
+                cps.create("t", {"msgs": [*msgs, message(20)], "doc": "b" * 3000})
             except BaseException as exc:
                 errors.append(exc)
 
@@ -574,7 +624,8 @@ def test_connection_killed_while_committing_stores_nothing(
         victim = _blocked_by(admin, blocker.info.backend_pid)
         admin.execute("SELECT pg_terminate_backend(%s)", (victim,))
         writer.join(timeout=30)
-        blocker.execute("ROLLBACK")
+        blocker.execute("SELECT pg_advisory_unlock(%s)", (key,))
+    repo._write(lambda c: c.execute(repo._sql("DROP TRIGGER wait_at_commit ON {s}.checkpoints")))
     assert len(errors) == 1 and isinstance(errors[0], StorageError), errors
     assert "stored whole or not at all" in str(errors[0])
     assert [c.id for c in cps.iter("t")] == [first.id]

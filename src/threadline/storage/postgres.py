@@ -99,6 +99,155 @@ _BATCH = 1000
 
 _EXTERNAL = "ALTER TABLE {s}.%s ALTER COLUMN %s SET STORAGE EXTERNAL"  # framed bytes: no TOAST recompression
 
+#: One checkpoint write in one call: what :meth:`PostgresRepository._append_one` does in two
+#: round trips of six statements, for writes that create no branch and fork no list (the usual
+#: put). Same locks in the same order (branch FOR UPDATE, thread FOR KEY SHARE, lists appended to
+#: FOR NO KEY UPDATE, lists built on and blobs referenced FOR KEY SHARE), same checks in the same
+#: order. Errors are raised with SQLSTATEs of class TL that the client maps back to threadline's
+#: exceptions (_FAST_ERRORS); TLF01 asks the client to run the general path instead (a list to
+#: fork, a list of another thread, a generated id to move after the head), and is raised before
+#: anything was written. Blobs the manifest shares with the planned parent (``p_carried``) are
+#: known to exist and to be recorded for the thread while that parent is the head: they are
+#: neither locked nor recorded again. Returns the parent and the stored size.
+APPEND_FUNCTION = """
+CREATE FUNCTION {s}.append_checkpoint(
+    p_thread text, p_branch text, p_check_head boolean, p_expected uuid,
+    p_id uuid, p_generated boolean, p_planned uuid, p_carried bytea[],
+    p_kind smallint, p_created_at bigint, p_expires_at bigint, p_logical bigint, p_stored bigint,
+    p_milestone text, p_merge_parent uuid, p_restored uuid, p_header bytea, p_manifest bytea,
+    p_blobs bytea[], p_new_hashes bytea[], p_new_data bytea[], p_new_sizes bigint[],
+    p_lists bigint[], p_starts integer[], p_ends integer[],
+    p_item_lists bigint[], p_item_pos integer[], p_item_crcs integer[], p_item_data bytea[],
+    p_refs bigint[], p_ref_lens integer[],
+    OUT o_parent uuid, OUT o_stored bigint
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_tkey bigint;
+    v_bkey bigint;
+    v_skip bytea[] := '{}';
+    v_check bytea[];
+    v_missing bytea;
+    v_ids bigint[] := '{}';
+    v_lens integer[] := '{}';
+    v_owned boolean[] := '{}';
+    v_k integer;
+    r record;
+BEGIN
+    SELECT t.tkey, b.bkey, b.head INTO v_tkey, v_bkey, o_parent FROM {s}.threads t LEFT JOIN LATERAL
+        (SELECT bkey, head FROM {s}.branches WHERE tkey = t.tkey AND name = p_branch FOR UPDATE) b ON true
+        WHERE t.id = p_thread FOR KEY SHARE OF t;
+    IF v_tkey IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'TLT01', MESSAGE = 'thread does not exist';
+    END IF;
+    FOR r IN SELECT list_id, tkey, length, sealed FROM {s}.lists WHERE list_id = ANY(p_lists)
+            ORDER BY list_id FOR NO KEY UPDATE LOOP
+        v_ids := v_ids || r.list_id;
+        v_lens := v_lens || r.length;
+        v_owned := v_owned || (r.tkey = v_tkey AND NOT r.sealed);
+    END LOOP;
+    IF cardinality(p_refs) > 0 THEN
+        FOR r IN SELECT list_id, tkey, length FROM {s}.lists WHERE list_id = ANY(p_refs)
+                ORDER BY list_id FOR KEY SHARE LOOP
+            v_ids := v_ids || r.list_id;
+            v_lens := v_lens || r.length;
+            v_owned := v_owned || (r.tkey = v_tkey);
+        END LOOP;
+    END IF;
+    IF p_planned IS NOT NULL AND o_parent = p_planned THEN
+        v_skip := p_carried;
+    END IF;
+    v_check := ARRAY(SELECT h FROM unnest(p_blobs) h WHERE h <> ALL(p_new_hashes) AND h <> ALL(v_skip) ORDER BY h);
+    IF cardinality(v_check) > 0 THEN
+        SELECT h INTO v_missing FROM unnest(v_check) h WHERE h <> ALL(ARRAY(
+            SELECT hash FROM {s}.blobs WHERE hash = ANY(v_check) ORDER BY hash FOR KEY SHARE)) ORDER BY h LIMIT 1;
+        IF v_missing IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'TLS01',
+                MESSAGE = format('blob %s does not exist', encode(v_missing, 'hex'));
+        END IF;
+    END IF;
+    IF v_bkey IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'TLB01', MESSAGE = 'branch does not exist';
+    END IF;
+    IF p_check_head AND o_parent IS DISTINCT FROM p_expected THEN
+        RAISE EXCEPTION USING ERRCODE = 'TLH01', MESSAGE = 'branch moved', DETAIL = coalesce(o_parent::text, '');
+    END IF;
+    IF p_restored IS NOT NULL
+            AND NOT EXISTS (SELECT FROM {s}.checkpoints WHERE tkey = v_tkey AND id = p_restored) THEN
+        RAISE EXCEPTION USING ERRCODE = 'TLR01', MESSAGE = 'restored checkpoint does not exist';
+    END IF;
+    IF p_milestone IS NOT NULL
+            AND EXISTS (SELECT FROM {s}.checkpoints WHERE tkey = v_tkey AND milestone = p_milestone) THEN
+        RAISE EXCEPTION USING ERRCODE = 'TLM01', MESSAGE = 'milestone exists';
+    END IF;
+    IF p_generated THEN
+        IF o_parent IS NOT NULL AND p_id <= o_parent THEN
+            RAISE EXCEPTION USING ERRCODE = 'TLF01', MESSAGE = 'generated id not after the head';
+        END IF;
+    ELSIF EXISTS (SELECT FROM {s}.checkpoints WHERE tkey = v_tkey AND id = p_id) THEN
+        RAISE EXCEPTION USING ERRCODE = 'TLI01', MESSAGE = 'checkpoint exists';
+    END IF;
+    FOR i IN 1 .. cardinality(p_lists) LOOP
+        v_k := array_position(v_ids, p_lists[i]);
+        IF v_k IS NULL THEN
+            IF p_starts[i] <> 0 THEN
+                RAISE EXCEPTION USING ERRCODE = 'TLS01', MESSAGE = format('list %s does not exist', p_lists[i]);
+            END IF;
+            INSERT INTO {s}.lists (list_id, tkey, length) VALUES (p_lists[i], v_tkey, p_ends[i]);
+        ELSIF v_lens[v_k] < p_starts[i] THEN
+            RAISE EXCEPTION USING ERRCODE = 'TLS01',
+                MESSAGE = format('list %s has %s items, fewer than %s', p_lists[i], v_lens[v_k], p_starts[i]);
+        ELSIF NOT v_owned[v_k] OR v_lens[v_k] <> p_starts[i] THEN
+            RAISE EXCEPTION USING ERRCODE = 'TLF01', MESSAGE = 'list to fork';
+        ELSIF p_ends[i] <> p_starts[i] THEN
+            UPDATE {s}.lists SET length = p_ends[i] WHERE list_id = p_lists[i];
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. cardinality(p_refs) LOOP
+        v_k := array_position(v_ids, p_refs[i]);
+        IF v_k IS NULL OR v_lens[v_k] < p_ref_lens[i] THEN
+            RAISE EXCEPTION USING ERRCODE = 'TLS01',
+                MESSAGE = format('list %s with %s items does not exist', p_refs[i], p_ref_lens[i]);
+        ELSIF NOT v_owned[v_k] THEN
+            RAISE EXCEPTION USING ERRCODE = 'TLF01', MESSAGE = 'list of another thread';
+        END IF;
+    END LOOP;
+    o_stored := p_stored;
+    IF cardinality(p_new_hashes) > 0 THEN
+        WITH added AS (
+            INSERT INTO {s}.blobs (hash, data) SELECT * FROM unnest(p_new_hashes, p_new_data)
+            ON CONFLICT DO NOTHING RETURNING hash
+        )
+        SELECT o_stored + coalesce(sum(n.size), 0) INTO o_stored
+            FROM added JOIN unnest(p_new_hashes, p_new_sizes) AS n(hash, size) USING (hash);
+        v_check := ARRAY(SELECT h FROM unnest(p_new_hashes) h WHERE h = ANY(p_blobs) ORDER BY h);
+        IF cardinality(v_check) > 0 THEN
+            SELECT h INTO v_missing FROM unnest(v_check) h WHERE h <> ALL(ARRAY(
+                SELECT hash FROM {s}.blobs WHERE hash = ANY(v_check) ORDER BY hash FOR KEY SHARE)) ORDER BY h LIMIT 1;
+            IF v_missing IS NOT NULL THEN
+                RAISE EXCEPTION USING ERRCODE = 'TLS01',
+                    MESSAGE = format('blob %s was collected while it was written', encode(v_missing, 'hex'));
+            END IF;
+        END IF;
+    END IF;
+    IF cardinality(p_item_lists) > 0 THEN
+        INSERT INTO {s}.items (list_id, pos, crc, data)
+            SELECT * FROM unnest(p_item_lists, p_item_pos, p_item_crcs, p_item_data);
+    END IF;
+    v_check := ARRAY(SELECT h FROM unnest(p_blobs) h WHERE h <> ALL(v_skip));
+    IF cardinality(v_check) > 0 THEN
+        INSERT INTO {s}.thread_blobs (tkey, hash) SELECT v_tkey, h FROM unnest(v_check) h ON CONFLICT DO NOTHING;
+    END IF;
+    INSERT INTO {s}.checkpoints (tkey, bkey, created_at, logical_size, stored_size, expires_at, id, parent,
+            merge_parent, kind, milestone, header, manifest)
+        VALUES (v_tkey, v_bkey, p_created_at, p_logical, o_stored, p_expires_at, p_id, o_parent,
+            p_merge_parent, p_kind, p_milestone, p_header, p_manifest);
+    UPDATE {s}.branches SET head = p_id WHERE bkey = v_bkey;
+    IF p_restored IS NOT NULL THEN
+        UPDATE {s}.checkpoints SET restore_count = restore_count + 1 WHERE tkey = v_tkey AND id = p_restored;
+    END IF;
+END
+$$"""
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (
         1,
@@ -222,6 +371,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     # Item and blob values may be stored zstd-compressed (_pack): a threadline that does not know
     # that must refuse the store. Existing values stay as they are, so nothing is rewritten.
     (4, []),
+    # The usual checkpoint write as one server-side call (PostgresRepository._append_fast).
+    (5, [APPEND_FUNCTION]),
 ]
 #: The schema version this backend migrates to (its own: PostgreSQL's layout moves on its own).
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
@@ -321,6 +472,10 @@ def _first(cur: psycopg.Cursor[Any]) -> Any:
 def _chunks(values: Sequence[R], size: int = _BATCH) -> Iterator[Sequence[R]]:
     for i in range(0, len(values), size):
         yield values[i : i + size]
+
+
+class _GeneralPath(Exception):
+    """``append_checkpoint`` left this write to the general path (nothing was written)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1779,12 +1934,141 @@ class PostgresRepository(CheckpointRepository):
             milestone=write.milestone,
         )
 
+    APPEND_SQL = (
+        "SELECT o_parent, o_stored FROM {s}.append_checkpoint(%s::text, %s::text, %s::boolean, %s::uuid, "
+        "%s::uuid, %s::boolean, %s::uuid, %s::bytea[], %s::smallint, %s::bigint, %s::bigint, %s::bigint, "
+        "%s::bigint, %s::text, %s::uuid, %s::uuid, %s::bytea, %s::bytea, %s::bytea[], %s::bytea[], "
+        "%s::bytea[], %s::bigint[], %s::bigint[], %s::integer[], %s::integer[], %s::bigint[], "
+        "%s::integer[], %s::integer[], %s::bytea[], %s::bigint[], %s::integer[])"
+    )
+
+    def _append_fast(self, write: CheckpointWrite, expected_head: str | Any | None) -> CheckpointRow | None:
+        """One write by the server-side function (one statement; BEGIN, it and COMMIT in two round
+        trips); None when the write needs the general path (:meth:`_append_one`)."""
+        if write.create_branch or any(la.base is not None for la in write.lists):
+            return None
+        lists = sorted(write.lists, key=lambda la: la.list_id)
+        if len({la.list_id for la in lists}) != len(lists):
+            return None
+        blob_refs, list_refs = manifest_refs(write.manifest)
+        new_blobs = {b.hash: b.data for b in write.blobs}
+        refs = sorted((i, n) for i, n in list_refs.items() if i not in {la.list_id for la in lists})
+        item_lists: list[int] = []
+        item_pos: list[int] = []
+        item_crcs: list[int] = []
+        item_data: list[bytes] = []
+        stored = 0
+        for la in lists:
+            n = len(la.items)
+            item_lists += [la.list_id] * n
+            item_pos += range(la.start, la.start + n)
+            item_crcs += [_crc_in(crc) for crc in la.crcs]
+            item_data += [_pack(d) for d in la.items]
+            stored += sum(len(d) for d in la.items)
+        manifest_bytes = encode_manifest(write.manifest)
+        stored += len(manifest_bytes) + len(write.header)
+        check = expected_head is not UNSET
+        args = (
+            write.thread_id,
+            write.branch,
+            check,
+            _u(expected_head) if check else None,
+            uuid.UUID(write.id),
+            write.generated_id,
+            _u(write.planned_parent),
+            sorted(write.carried_blobs & blob_refs),
+            KIND_CODES[write.kind],
+            write.created_at,
+            write.expires_at,
+            write.logical_size,
+            stored,
+            write.milestone,
+            _u(write.merge_parent_id),
+            _u(write.restored_from),
+            write.header,
+            manifest_bytes,
+            sorted(blob_refs),
+            list(new_blobs),
+            [_pack(d) for d in new_blobs.values()],
+            [len(d) for d in new_blobs.values()],
+            [la.list_id for la in lists],
+            [la.start for la in lists],
+            [la.start + len(la.items) for la in lists],
+            item_lists,
+            item_pos,
+            item_crcs,
+            item_data,
+            [i for i, _ in refs],
+            [n for _, n in refs],
+        )
+
+        def op(c: Conn) -> tuple[Any, int]:
+            try:
+                parent, total = _first(self._x(c, self.APPEND_SQL, args))
+            except psycopg.Error as exc:
+                if exc.sqlstate is None or not exc.sqlstate.startswith("TL"):
+                    raise
+                raise self._fast_error(exc, write, expected_head) from None
+            return parent, total
+
+        try:
+            parent, total = self._write(op)
+        except _GeneralPath:
+            return None
+        return CheckpointRow(
+            id=write.id,
+            thread_id=write.thread_id,
+            branch=write.branch,
+            parent_id=_s(parent),
+            merge_parent_id=write.merge_parent_id,
+            kind=write.kind,
+            status=STATUSES_BY_CODE[0],
+            created_at=write.created_at,
+            expires_at=write.expires_at,
+            restore_count=0,
+            logical_size=write.logical_size,
+            stored_size=total,
+            header=write.header,
+            manifest=write.manifest,
+            milestone=write.milestone,
+        )
+
+    @staticmethod
+    def _fast_error(exc: psycopg.Error, write: CheckpointWrite, expected_head: str | Any | None) -> Exception:
+        """The exception the general path raises for what ``append_checkpoint`` refused."""
+        code, where = exc.sqlstate, f"in thread {write.thread_id!r}"
+        if code == "TLT01":
+            return NotFound(f"thread {write.thread_id!r} does not exist")
+        if code == "TLB01":
+            return NotFound(f"branch {write.branch!r} does not exist {where}")
+        if code == "TLH01":
+            actual = exc.diag.message_detail or None
+            return Conflict(
+                f"branch {write.branch!r} of thread {write.thread_id!r} moved: expected head "
+                f"{expected_head}, found {actual}; nothing was stored",
+                expected=expected_head,
+                actual=actual,
+            )
+        if code == "TLR01":
+            return NotFound(f"checkpoint {write.restored_from} does not exist {where}")
+        if code == "TLM01":
+            return AlreadyExists(f"milestone {write.milestone!r} already exists {where}")
+        if code == "TLI01":
+            return AlreadyExists(f"checkpoint {write.id} already exists {where}")
+        if code == "TLS01":
+            return StaleReference(exc.diag.message_primary or "a stored value is gone")
+        return _GeneralPath()
+
     def append_checkpoints(
         self,
         writes: Sequence[tuple[CheckpointWrite, str | Any | None]],
         *,
         sync_point: SyncPointRow | None = None,
     ) -> list[CheckpointRow]:
+        if len(writes) == 1 and sync_point is None:
+            row = self._append_fast(*writes[0])
+            if row is not None:
+                return [row]
         # Several branches are locked in one fixed order, so that two multi-thread writes cannot deadlock.
         order = sorted(range(len(writes)), key=lambda i: (writes[i][0].thread_id, writes[i][0].branch, i))
 
