@@ -38,6 +38,7 @@ def test_same_encoded_objects_append_only_what_is_new(store: Store, monkeypatch:
         raise AssertionError("the unchanged prefix was encoded again")
 
     monkeypatch.setattr(store.serializer, "dumps_runs", no_whole_list_encoding)
+    monkeypatch.setattr(store.serializer, "dumps_run", no_whole_list_encoding)
     second = svc.create("t", {"l": list(values)})
     monkeypatch.undo()
     assert second.stored_size < first.stored_size / 20

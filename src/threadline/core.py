@@ -64,7 +64,7 @@ from threadline.model import (
     validate_id,
     validate_name,
 )
-from threadline.serde import ItemRun, Serializer, array_header, frame_key_id
+from threadline.serde import RUN_BYTES, ItemRun, Serializer, array_header, frame_key_id
 from threadline.storage.base import (
     UNSET,
     BlobRef,
@@ -118,18 +118,44 @@ _HEADER_KEYS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _ListCache:
-    """The encodings (unframed) of a stored list's first items, and their total size.
+    """A stored list's first ``length`` items, encoded (unframed) in runs of consecutive
+    items, and their total size.
 
-    ``objects``: when every item written was an already-encoded value (an
-    ``ormsgpack.Ext``, which is immutable), those very objects; a later list holding the
-    same objects at the same positions is known unchanged without encoding it again.
+    The next version of the list is encoded in runs of the same items, so each run is
+    compared with one ``==`` of bytes. ``objects``: when every item written was an
+    already-encoded value (an ``ormsgpack.Ext``, which is immutable), those very objects;
+    a later list holding the same objects at the same positions is known unchanged without
+    encoding it again.
     """
 
-    items: list[bytes]
+    runs: tuple[ItemRun, ...]
+    length: int
     size: int
     objects: list[Any] | None = None
+
+
+def _extend_runs(runs: Sequence[ItemRun], items: Sequence[bytes]) -> tuple[ItemRun, ...]:
+    """``runs`` followed by item encodings, the last run filled up to about RUN_BYTES bytes."""
+    out = list(runs)
+    i = 0
+    if out and out[-1].size < RUN_BYTES:
+        room, take = RUN_BYTES - out[-1].size, 0
+        while i + take < len(items) and room > 0:
+            room -= len(items[i + take])
+            take += 1
+        if take:
+            out[-1] = out[-1].extended(items[:take])
+            i = take
+    while i < len(items):
+        size, j = 0, i
+        while j < len(items) and (size < RUN_BYTES or j == i):
+            size += len(items[j])
+            j += 1
+        out.append(ItemRun.of(items[i:j]))
+        i = j
+    return tuple(out)
 
 
 class _Caches:
@@ -650,28 +676,22 @@ class CheckpointDomainService:
     ) -> tuple[ListRef, ListAppend | None, _ListCache]:
         """Store a list as "the first n items of list L", appending only what is new.
 
-        The new list is encoded whole (in runs of items, one C call each) and its bytes
-        compared with the parent's list's bytes, so an item changed in place is never
-        mistaken for an unchanged one. Returns the reference, the append to store (None
-        when the list is a prefix of the parent's) and the encodings of all its items.
+        The new list is encoded whole, in runs of the same items as the parent's list's
+        cached runs (one C call each), and each run's bytes compared with the parent's, so
+        an item changed in place is never mistaken for an unchanged one. Returns the
+        reference, the append to store (None when the list is a prefix of the parent's) and
+        the cache entry of the new list.
         """
-        encoded = set(map(type, value)) == {_EXT}
-        same = self._same_objects(value, old) if encoded and isinstance(old, ListRef) else None
-        if same is not None:
-            start, known = len(same), same
-            size = sum(map(len, known))
-        else:
-            runs = self.serializer.dumps_runs(value, path=path)
-            start, known = (
-                self._common_prefix(value, runs, path, old) if isinstance(old, ListRef) else (0, [])
-            )
-            size = sum(run.size for run in runs)
+        encoded = type(value[0]) is _EXT and set(map(type, value)) == {_EXT}
+        start, kept = self._common_prefix(value, path, old, encoded) if isinstance(old, ListRef) else (0, [])
         objects = list(value) if encoded else None
         if isinstance(old, ListRef) and start == len(value):
-            return ListRef(old.list_id, start), None, _ListCache(known, size, objects)
+            return (
+                ListRef(old.list_id, start),
+                None,
+                _ListCache(tuple(kept), start, sum(r.size for r in kept), objects),
+            )
         new_items = self.serializer.dumps_items(value[start:], path=path, first=start)
-        if same is not None:
-            size += sum(map(len, new_items))
         self._check_value_size(max(new_items, key=len), f"an item of {path}")
         if isinstance(old, ListRef) and start > 0:
             list_id, base = (
@@ -679,7 +699,8 @@ class CheckpointDomainService:
             )
         else:
             list_id, base = random_list_id(), None
-        framed = [self.serializer.pack(item) for item in new_items]
+        pack = self.serializer.pack
+        framed = [pack(item) for item in new_items]
         append = ListAppend(
             list_id=list_id,
             start=start,
@@ -688,49 +709,63 @@ class CheckpointDomainService:
             fork_id=0,
             base=base,
         )
-        items = [*known, *new_items]
-        return ListRef(list_id, len(value)), append, _ListCache(items, size, objects)
+        runs = _extend_runs(kept, new_items)
+        return (
+            ListRef(list_id, len(value)),
+            append,
+            _ListCache(runs, len(value), sum(r.size for r in runs), objects),
+        )
 
-    def _same_objects(self, value: list[Any], old: ListRef) -> builtins.list[bytes] | None:
-        """The encodings of the parent's list ``old`` when ``value`` starts with the very
-        (immutable, already encoded) objects that list was written from; else None."""
+    def _parent_runs(self, old: ListRef) -> tuple[tuple[ItemRun, ...], _ListCache | None]:
+        """The runs of the stored list ``old`` (its first ``old.length`` items): cached, or
+        read back (empty when unreadable: everything is then stored again)."""
         cached = self._caches.list(old.list_id)
-        if cached is None or cached.objects is None or len(cached.items) < old.length:
-            return None
-        n = old.length
-        if n > len(value) or len(cached.objects) < n or not all(map(operator.is_, value[:n], cached.objects)):
-            return None
-        return cached.items[:n]
+        if cached is not None and cached.length == old.length:
+            return cached.runs, cached
+        try:
+            stored = self._read_list_raw(old, "parent")
+        except (IntegrityError, NotFound, SerializationError):
+            return (), None
+        return _extend_runs([], stored), None
 
     def _common_prefix(
-        self, value: list[Any], runs: Sequence[ItemRun], path: str, old: ListRef
-    ) -> tuple[int, builtins.list[bytes]]:
-        """How many leading items the new list (encoded in ``runs``) shares with the
-        stored list ``old``, and their encodings."""
-        cached = self._caches.list(old.list_id)
-        if cached is not None and len(cached.items) >= old.length:
-            stored = cached.items
-        else:
-            try:
-                stored = self._read_list_raw(old, "parent")
-            except (IntegrityError, NotFound, SerializationError):
-                return 0, []
-        limit = min(old.length, len(value))
+        self, value: list[Any], path: str, old: ListRef, encoded: bool
+    ) -> tuple[int, builtins.list[ItemRun]]:
+        """How many leading items the new list shares with the stored list ``old``, and the
+        runs of those items."""
+        runs, cached = self._parent_runs(old)
+        n = old.length
+        if (
+            encoded
+            and cached is not None
+            and cached.objects is not None
+            and n <= len(value)
+            and all(map(operator.is_, value[:n], cached.objects))
+        ):
+            return n, list(runs)
+        limit = min(n, len(value))
         count = 0
+        kept: builtins.list[ItemRun] = []
+        dumps_run = self.serializer.dumps_run
         for run in runs:
-            if count >= limit:
-                break
-            take = min(run.length, limit - count)
-            if run.begins_with(stored[count : count + take]):
-                count += take
+            end = count + run.length
+            if end <= limit and dumps_run(value[count:end], path=path, first=count).data == run.data:
+                kept.append(run)
+                count = end
                 continue
-            mine = self.serializer.dumps_items(value[count : count + take], path=path, first=count)
-            for a, b in zip(mine, stored[count : count + take], strict=True):
-                if a != b:
+            # The first item that differs lies in this run: compare its items one by one
+            # (msgpack values are self-delimiting, so equal leading bytes are equal items).
+            offset, matched = run.start, []
+            for item in self.serializer.dumps_items(value[count : min(end, limit)], path=path, first=count):
+                if not run.data.startswith(item, offset):
                     break
-                count += 1
+                offset += len(item)
+                matched.append(item)
+            if matched:
+                kept.append(ItemRun.of(matched))
+                count += len(matched)
             break
-        return count, stored[:count]
+        return count, kept
 
     def _read_list_raw(self, ref: ListRef, checkpoint_id: str) -> list[bytes]:
         try:

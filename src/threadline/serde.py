@@ -114,8 +114,9 @@ _BASES = (str, int, float, bytes, list, dict, tuple, set, frozenset, dt.date, dt
 
 
 class ItemRun(NamedTuple):
-    """Consecutive list items encoded in one call: ``data[start:]`` is the concatenation
-    of the ``length`` items' encodings (msgpack values, so no item is a prefix of another)."""
+    """Consecutive list items encoded in one call: ``data`` is the msgpack array of the
+    ``length`` items, ``data[start:]`` (after the array header) the concatenation of their
+    encodings (msgpack values, so no item is a prefix of another)."""
 
     length: int
     data: bytes
@@ -128,6 +129,18 @@ class ItemRun(NamedTuple):
     def begins_with(self, encoded: Sequence[bytes]) -> bool:
         """Whether this run's first ``len(encoded)`` items are encoded exactly as ``encoded``."""
         return self.data.startswith(b"".join(encoded), self.start)
+
+    def extended(self, encoded: Sequence[bytes]) -> ItemRun:
+        """This run followed by more item encodings."""
+        count = self.length + len(encoded)
+        header = array_header(count)
+        return ItemRun(count, header + self.data[self.start :] + b"".join(encoded), len(header))
+
+    @staticmethod
+    def of(encoded: Sequence[bytes]) -> ItemRun:
+        """A run of item encodings already made (by :meth:`Serializer.dumps_items`)."""
+        header = array_header(len(encoded))
+        return ItemRun(len(encoded), header + b"".join(encoded), len(header))
 
 
 def array_header(n: int) -> bytes:
@@ -570,16 +583,25 @@ class Serializer:
         start, total, step = 0, len(items), 16
         while start < total:
             end = min(total, start + step)
-            count = end - start
-            try:
-                data = ormsgpack.packb(items[start:end], default=self._default, option=_OPTIONS)
-                run = ItemRun(count, data, len(array_header(count)))
-            except Exception:  # rare path: item by item, naming what fails
-                run = ItemRun(count, b"".join(self.dumps_items(items[start:end], path=path, first=start)), 0)
+            run = self.dumps_run(items[start:end], path=path, first=start)
             runs.append(run)
-            step = max(1, RUN_BYTES * count // max(1, run.size))
+            step = max(1, RUN_BYTES * run.length // max(1, run.size))
             start = end
         return runs
+
+    def dumps_run(self, items: Sequence[Any], *, path: str = "value", first: int = 0) -> ItemRun:
+        """Encode consecutive list items in one encoder call: the msgpack array of them.
+
+        Raises SerializationError as :meth:`dumps`, with paths ``path[first + i]...``.
+        """
+        count = len(items)
+        try:
+            data = ormsgpack.packb(
+                items if type(items) is list else list(items), default=self._default, option=_OPTIONS
+            )
+        except Exception:  # rare path: item by item, naming what fails
+            return ItemRun.of(self.dumps_items(items, path=path, first=first))
+        return ItemRun(count, data, 1 if count < 16 else 3 if count < 1 << 16 else 5)
 
     def encode_models(
         self, items: Sequence[Any], memo: ListMemo | None = None
