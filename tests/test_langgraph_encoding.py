@@ -230,3 +230,43 @@ def test_same_states_as_inmemorysaver_when_a_node_edits_history() -> None:
 
     with ThreadlineSaver.from_url("memory://") as saver:
         assert run(saver) == run(InMemorySaver())
+
+
+def test_loaded_messages_are_like_constructed_ones() -> None:
+    """A message loads with its fields in declared order (so it encodes to the bytes it was
+    stored as), fresh mutable defaults, its extra fields and the fields it was built with."""
+    from langchain_core.documents import Document
+
+    from threadline.langgraph import register_langgraph_types
+
+    serializer = register_langgraph_types(Serializer())
+    made = [
+        HumanMessage("hi", id="h1"),
+        AIMessage("", tool_calls=[{"name": "f", "args": {"x": 1}, "id": "c1"}], custom="extra"),
+        ToolMessage("42", tool_call_id="c1", name="f", additional_kwargs={"k": [1, 2]}),
+        Document("page", metadata={"source": "a"}),
+    ]
+    loaded = serializer.loads(serializer.dumps(made))
+    assert loaded == made
+    for original, copy_ in zip(made, loaded, strict=True):
+        assert list(copy_.__dict__) == list(original.__dict__)
+        assert copy_.__pydantic_fields_set__ == original.__pydantic_fields_set__
+        assert copy_.__pydantic_extra__ == original.__pydantic_extra__
+    assert serializer.dumps(loaded) == serializer.dumps(made)
+    again = serializer.loads(serializer.dumps(made))
+    assert again[0].additional_kwargs is not loaded[0].additional_kwargs  # fresh defaults
+    assert loaded[1].custom == "extra"  # type: ignore[attr-defined]
+
+
+def test_malformed_message_data_is_refused() -> None:
+    from threadline.langgraph.types import _model_hooks
+
+    _, human = _model_hooks(HumanMessage)
+    _, doc = _model_hooks(__import__("langchain_core.documents", fromlist=["Document"]).Document)
+    with pytest.raises(TypeError, match="mapping"):
+        human(["hi"])
+    with pytest.raises(TypeError, match="lacks"):
+        human({"id": "x"})
+    assert human({"content": "hi", "other": 1}).other == 1  # messages allow extra fields
+    with pytest.raises(TypeError, match="no fields"):
+        doc({"page_content": "p", "other": 1})

@@ -29,7 +29,8 @@ import heapq
 import random
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -67,6 +68,8 @@ _PAGE = 100
 #: Bytes the memos of encoded message lists may keep alive per saver (least recently used
 #: threads are forgotten first): about twice the encoded size of the lists remembered.
 LIST_MEMO_BYTES = 64 << 20
+#: At most this many async puts are committed in one transaction.
+_MAX_BATCH = 64
 
 
 R = TypeVar("R")
@@ -90,6 +93,102 @@ class _Batch:
     special: builtins.list[PendingWrite]
     regular: builtins.list[PendingWrite]
     errors: builtins.list[Any]
+
+
+@dataclass(frozen=True)
+class _Put:
+    """A LangGraph checkpoint ready to be written (:meth:`ThreadlineSaver.prepare`)."""
+
+    key: str
+    cid: str
+    branch: str | None
+    parent_id: str | None
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """An async put waiting for the writer thread."""
+
+    key: str
+    args: tuple[Any, ...]
+    future: Future[bool] = field(default_factory=Future)
+
+
+class _Writer:
+    """The thread that writes a saver's async puts, several in one transaction.
+
+    The puts that arrive while it writes wait for it, then are prepared (encoded) and
+    committed together: one transaction and one fsync for all of them (group commit); each
+    caller still gets its own result or error (:meth:`ThreadlineSaver.write_checkpoints`).
+    A batch holds at most one put per threadline thread, since a thread's next put
+    continues the one before it. One thread does all this work, so Python threads do not
+    contend for the interpreter lock and SQLite keeps one connection with a warm cache.
+    """
+
+    def __init__(self, saver: ThreadlineSaver) -> None:
+        self._saver = saver
+        self._lock = threading.Lock()
+        self._queue: builtins.list[_Job] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._draining = False
+
+    def submit(self, job: _Job) -> Future[bool]:
+        with self._lock:
+            self._queue.append(job)
+            if not self._draining:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="threadline-saver")
+                self._executor.submit(self._drain)
+                self._draining = True
+        return job.future
+
+    def close(self) -> None:
+        """Write what is queued and stop the thread (a later put starts a new one)."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    def _take(self) -> builtins.list[_Job]:
+        with self._lock:
+            batch: builtins.list[_Job] = []
+            rest: builtins.list[_Job] = []
+            keys: set[str] = set()
+            for job in self._queue:
+                if job.key in keys or len(batch) >= _MAX_BATCH:
+                    rest.append(job)
+                else:
+                    keys.add(job.key)
+                    batch.append(job)
+            self._queue = rest
+            if not batch:
+                self._draining = False
+            return batch
+
+    def _drain(self) -> None:
+        while batch := self._take():
+            try:
+                self._write([job for job in batch if job.future.set_running_or_notify_cancel()])
+            except BaseException as exc:  # handed to every caller still waiting
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+
+    def _write(self, jobs: builtins.list[_Job]) -> None:
+        puts: builtins.list[_Put] = []
+        ready: builtins.list[_Job] = []
+        for job in jobs:
+            try:
+                puts.append(self._saver.prepare(*job.args))
+                ready.append(job)
+            except Exception as exc:
+                job.future.set_exception(exc)
+        for job, outcome in zip(ready, self._saver.write_checkpoints(puts), strict=True):
+            if isinstance(outcome, Exception):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
 
 
 class _ListMemos:
@@ -181,6 +280,7 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
         #: threadline thread -> (last checkpoint written, its branch): the usual parent of the next put
         self._last: dict[str, tuple[str, str]] = {}
         self._lists = _ListMemos()
+        self._writer = _Writer(self)
 
     @classmethod
     def from_url(cls, url: str | None = None, **options: Any) -> ThreadlineSaver:
@@ -189,7 +289,9 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
         return cls(open_store(url, **options), owns_store=True)
 
     def close(self) -> None:
-        """Close the store if this saver opened it. Idempotent."""
+        """Finish the async puts under way, and close the store if this saver opened it.
+        Idempotent."""
+        self._writer.close()
         if self._owns_store:
             self.store.close()
 
@@ -457,6 +559,24 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
             "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}
         }
 
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: LGCheckpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """:meth:`put`, committed by the saver's writer thread together with the other async
+        puts waiting for it (group commit: one transaction and one fsync for all of them)."""
+        conf = config["configurable"]
+        thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
+        meta = dict(get_serializable_checkpoint_metadata(config, metadata))
+        job = _Job(thread_key(thread_id, ns), (thread_id, ns, conf.get("checkpoint_id"), checkpoint, meta))
+        await asyncio.wrap_future(self._writer.submit(job))
+        return {
+            "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}
+        }
+
     def write_checkpoint(
         self,
         thread_id: str,
@@ -467,9 +587,25 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
     ) -> bool:
         """Store one LangGraph checkpoint with exactly this metadata (used by :meth:`put`
         and the importers). Returns False when a checkpoint with its id was already stored."""
+        outcome = self.write_checkpoints(
+            [self.prepare(thread_id, checkpoint_ns, parent_id, checkpoint, metadata)]
+        )[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def prepare(
+        self,
+        thread_id: str,
+        checkpoint_ns: str,
+        parent_id: str | None,
+        checkpoint: LGCheckpoint,
+        metadata: Mapping[str, Any],
+    ) -> _Put:
+        """A LangGraph checkpoint as a threadline write: its thread (created if new), the
+        branch it continues and its encoded state."""
         key = self._ensure_thread(thread_id, checkpoint_ns)
         kind = CheckpointKind.MANUAL if metadata.get("source") in ("update", "fork") else CheckpointKind.AUTO
-        cid = checkpoint["id"]
         branch: str | None = "main"
         lg_parent: str | None = None
         if parent_id is not None:
@@ -481,48 +617,73 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
                     branch = self.core.row(parent_id, key).branch
                 except NotFound:  # a parent this store never saw: keep LangGraph's link as data
                     branch, lg_parent, parent_id = None, parent_id, None
-        with self._lock:
-            self._inflight.add((key, cid))
-        try:
-            return self._write(key, cid, kind, branch, parent_id, lg_parent, checkpoint, metadata)
-        finally:
-            with self._lock:
-                self._inflight.discard((key, cid))
-                early = self._early.pop((key, cid), [])
-            for batch in early:
-                self._apply_writes(key, cid, batch)
-
-    def _write(
-        self,
-        key: str,
-        cid: str,
-        kind: CheckpointKind,
-        branch: str | None,
-        parent_id: str | None,
-        lg_parent: str | None,
-        checkpoint: LGCheckpoint,
-        metadata: Mapping[str, Any],
-    ) -> bool:
         state, book = self._encode_state(key, checkpoint, lg_parent)
-        fields: dict[str, Any] = {
+        fields = {
             "state": state,
             "kind": kind,
             "metadata": {**metadata, BOOK: book},
-            "checkpoint_id": cid,
+            "checkpoint_id": checkpoint["id"],
         }
+        return _Put(key, checkpoint["id"], branch, parent_id, fields)
+
+    def write_checkpoints(self, puts: Sequence[_Put]) -> builtins.list[bool | Exception]:
+        """Write prepared checkpoints: for each, True, False (its id was already stored) or
+        the error that made it fail. Several appends are tried in one transaction first;
+        when that fails, nothing of it is stored and each is written alone, so an error
+        (a conflict, say) fails only its own write."""
+        with self._lock:
+            self._inflight.update((p.key, p.cid) for p in puts)
+        outcomes: builtins.list[bool | Exception] = []
+        try:
+            if len(puts) > 1 and all(p.branch is not None for p in puts):
+                with contextlib.suppress(Exception):
+                    stored = self.core.create_many(
+                        [
+                            {"thread_id": p.key, "branch": p.branch, "expected_head": p.parent_id, **p.fields}
+                            for p in puts
+                        ]
+                    )
+                    for p, row in zip(puts, stored, strict=True):
+                        self._last[p.key] = (row.id, row.branch)
+                    outcomes = [True] * len(puts)
+            if not outcomes:
+                outcomes = [self._outcome(self._create, p) for p in puts]
+        finally:
+            for i, p in enumerate(puts):
+                with self._lock:
+                    self._inflight.discard((p.key, p.cid))
+                    early = self._early.pop((p.key, p.cid), [])
+                for batch in early:
+                    try:
+                        self._apply_writes(p.key, p.cid, batch)
+                    except Exception as exc:
+                        if i < len(outcomes) and not isinstance(outcomes[i], Exception):
+                            outcomes[i] = exc
+        return outcomes
+
+    @staticmethod
+    def _outcome(fn: Callable[[_Put], bool], put: _Put) -> bool | Exception:
+        try:
+            return fn(put)
+        except Exception as exc:
+            return exc
+
+    def _create(self, p: _Put) -> bool:
+        """Append to the branch the put continues; fork when it moved on (or has no head to
+        continue); False when the checkpoint was already stored."""
         try:
             try:
-                if branch is None:
+                if p.branch is None:
                     raise Conflict("no branch to continue")
-                stored = self.core.create(key, branch=branch, expected_head=parent_id, **fields)
+                stored = self.core.create(p.key, branch=p.branch, expected_head=p.parent_id, **p.fields)
             except (Conflict, NotFound):
-                name = f"fork-{cid}" if parent_id is not None else f"root-{cid}"
-                stored = self.core.create(key, branch=name, create_branch_from=parent_id, **fields)
+                name = f"fork-{p.cid}" if p.parent_id is not None else f"root-{p.cid}"
+                stored = self.core.create(p.key, branch=name, create_branch_from=p.parent_id, **p.fields)
         except (AlreadyExists, Conflict):
-            if self._exists(key, cid):
+            if self._exists(p.key, p.cid):
                 return False
             raise
-        self._last[key] = (stored.id, stored.branch)
+        self._last[p.key] = (stored.id, stored.branch)
         return True
 
     def _exists(self, key: str, checkpoint_id: str) -> bool:
@@ -657,7 +818,6 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
     # ------------------------------------------------------------ async twins (one implementation)
 
     aget_tuple = _threaded(get_tuple)
-    aput = _threaded(put)
     aput_writes = _threaded(put_writes)
     adelete_thread = _threaded(delete_thread)
     adelete_for_runs = _threaded(delete_for_runs)

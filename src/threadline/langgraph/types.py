@@ -79,34 +79,49 @@ def _model_hooks(cls: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
         return data
 
     fields = cls.model_fields
-    # how to make each missing field's default (fresh mutable values, as pydantic does)
-    fill: dict[str, Callable[[], Any]] = {}
+    names = frozenset(fields)
+    # Each missing field's default, in field order: immutable defaults are shared (as
+    # pydantic shares them), mutable ones are made fresh at every load.
+    template: dict[str, Any] = {}
+    fresh: list[tuple[str, Callable[[], Any]]] = []
     for name, field in fields.items():
+        template[name] = None
         if field.default_factory is not None:
-            fill[name] = field.default_factory
+            fresh.append((name, field.default_factory))
         elif isinstance(field.default, list | dict | set):
-            fill[name] = functools.partial(copy.deepcopy, field.default)
-        else:
-            fill[name] = functools.partial(lambda v: v, field.default)
+            fresh.append((name, functools.partial(copy.deepcopy, field.default)))
+        elif not field.is_required():
+            template[name] = field.default
     allow_extra = cls.model_config.get("extra") == "allow"
     private = getattr(cls, "__private_attributes__", {})
+    setattr_ = object.__setattr__
 
     def from_data(data: Any) -> Any:
         # What model_construct does, without its per-call signature inspection (slow here).
+        # The fields keep their declared order (as in an instance made by the class), so
+        # a loaded message encodes to the very bytes it was stored as.
         if not isinstance(data, dict):
             raise TypeError(f"{cls.__name__} data must be a mapping")
-        missing = required - data.keys()
-        if missing:
-            raise TypeError(f"{cls.__name__} data lacks {sorted(missing)}")
-        values = {name: data[name] if name in data else fill[name]() for name in fields}
-        extra = {k: v for k, v in data.items() if k not in fields}
-        if extra and not allow_extra:
-            raise TypeError(f"{cls.__name__} has no fields {sorted(extra)}")
+        keys = data.keys()
+        if not required <= keys:
+            raise TypeError(f"{cls.__name__} data lacks {sorted(required - keys)}")
+        values = template.copy()
+        for name, make in fresh:
+            if name not in data:
+                values[name] = make()
+        if keys <= names:
+            values.update(data)
+            extra: dict[str, Any] = {}
+        else:
+            extra = {k: v for k, v in data.items() if k not in names}
+            if not allow_extra:
+                raise TypeError(f"{cls.__name__} has no fields {sorted(extra)}")
+            values.update((k, v) for k, v in data.items() if k in names)
         obj = cls.__new__(cls)
-        object.__setattr__(obj, "__dict__", values)
-        object.__setattr__(obj, "__pydantic_fields_set__", set(data.keys() & fields.keys()))
-        object.__setattr__(obj, "__pydantic_extra__", extra if allow_extra else None)
-        object.__setattr__(
+        setattr_(obj, "__dict__", values)
+        setattr_(obj, "__pydantic_fields_set__", set(keys))  # extra fields too, as pydantic does
+        setattr_(obj, "__pydantic_extra__", extra if allow_extra else None)
+        setattr_(
             obj, "__pydantic_private__", {k: a.get_default() for k, a in private.items()} if private else None
         )
         return obj
