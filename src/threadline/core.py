@@ -118,6 +118,11 @@ _HEADER_KEYS = {
 }
 
 
+#: The stored header of a checkpoint without title, tags, metadata or any other header
+#: field: an empty msgpack map, framed unencrypted (what encode_record makes of it).
+_EMPTY_HEADER = b"\x00\x80"
+
+
 @dataclass(frozen=True, slots=True)
 class _ListCache:
     """A stored list's first ``length`` items, encoded (unframed) in runs of consecutive
@@ -225,7 +230,7 @@ class _Caches:
             self.list_bytes = 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Request:
     """A validated checkpoint write, planned against its parent at commit time."""
 
@@ -246,7 +251,7 @@ class _Request:
     expected_head: Any
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Plan:
     manifest: Manifest
     blobs: list[NewBlob]
@@ -786,9 +791,13 @@ class CheckpointDomainService:
 
     def _encode_header(self, **fields: Any) -> bytes:
         packed = {_HEADER_KEYS[k]: v for k, v in fields.items() if v is not None and not _empty(v)}
+        if not packed and self.serializer.keyring is None:
+            return _EMPTY_HEADER
         return self.encode_record(packed, "metadata")
 
     def _decode_header(self, raw: bytes) -> dict[str, Any]:
+        if raw == _EMPTY_HEADER:
+            return {}
         data = self.decode_record(raw) if raw else {}
         if not isinstance(data, dict):
             raise IntegrityError("checkpoint header is not a mapping")

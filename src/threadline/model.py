@@ -73,6 +73,20 @@ def datetime_to_us(value: datetime) -> int:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+#: Identifiers and names already found valid (exact str objects' values), so that the
+#: ids a process writes again and again are checked once. Bounded: cleared when full.
+_VALID_IDS: set[str] = set()
+_VALID_NAMES: set[str] = set()
+_VALID_MAX = 4096
+
+
+def _remember_valid(cache: set[str], value: str) -> str:
+    if len(cache) >= _VALID_MAX:
+        cache.clear()
+    cache.add(value)
+    return value
+
+
 def validate_id(value: object, what: str = "id") -> str:
     """Check a caller-chosen identifier (thread id, session id, principal).
 
@@ -80,6 +94,8 @@ def validate_id(value: object, what: str = "id") -> str:
         InvalidInput: not a string, empty, longer than 256 characters, or
             containing control characters.
     """
+    if type(value) is str and value in _VALID_IDS:
+        return value
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be a string, got {type(value).__name__}")
     if not value:
@@ -93,12 +109,14 @@ def validate_id(value: object, what: str = "id") -> str:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidInput(f"{what} {value!r} contains a lone surrogate (not valid Unicode)") from None
-    return value
+    return _remember_valid(_VALID_IDS, value) if type(value) is str else value
 
 
 def validate_name(value: object, what: str = "name") -> str:
     """Check a branch or milestone name: like an id, at most 128 characters,
     no leading/trailing slash or whitespace, no '..' component."""
+    if type(value) is str and value in _VALID_NAMES:
+        return value
     name = validate_id(value, what)
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidInput(f"{what} is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
@@ -108,7 +126,7 @@ def validate_name(value: object, what: str = "name") -> str:
         raise InvalidInput(f"{what} {name!r} must not start or end with '/' or contain '//'")
     if name in {".", ".."} or any(part in {".", ".."} for part in name.split("/")):
         raise InvalidInput(f"{what} {name!r} must not contain '.' or '..' components")
-    return name
+    return _remember_valid(_VALID_NAMES, name) if type(name) is str else name
 
 
 # Random bits of ids come from a generator seeded from the OS (and reseeded in a forked
@@ -158,7 +176,10 @@ class _IdClock:
 
 
 def _id_time(checkpoint_id: str) -> tuple[int, int]:
-    value = uuid.UUID(checkpoint_id).int
+    if _CANONICAL_ID.match(checkpoint_id):
+        value = int(checkpoint_id.replace("-", ""), 16)
+    else:
+        value = uuid.UUID(checkpoint_id).int
     return value >> 80, (value >> 64) & 0xFFF
 
 
