@@ -378,14 +378,17 @@ def w3(
 
 
 async def async_writers(saver: Any, sc: Scale, tag: str) -> tuple[int, float]:
-    """8 concurrent tasks, each putting W1 checkpoints on its own thread: (puts, seconds)."""
+    """8 concurrent tasks, each putting W1 checkpoints on its own thread: (puts, seconds).
+    The messages are made before the clock starts (as in W1): the time is the savers'."""
     gen = TextGen(9)
+    steps: list[list[dict[str, Any]]] = []
+    for k in range(sc.writers):
+        messages: list[Any] = []
+        steps.append([chat_values(gen, messages, k, step) for step in range(sc.async_puts)])
 
     async def writer(k: int) -> None:
         w = ThreadWriter(saver, f"async-{tag}-{k}")
-        messages: list[Any] = []
-        for step in range(sc.async_puts):
-            values = chat_values(gen, messages, k, step)
+        for step, values in enumerate(steps[k]):
             w.done(await saver.aput(*w.next(values, list(values) if step == 0 else ["messages", "turn"])))
 
     t0 = time.perf_counter()
