@@ -101,37 +101,40 @@ _EXTERNAL = "ALTER TABLE {s}.%s ALTER COLUMN %s SET STORAGE EXTERNAL"  # framed 
 
 #: One checkpoint write in one call: what :meth:`PostgresRepository._append_one` does in two
 #: round trips of six statements, for writes that create no branch and fork no list (the usual
-#: put). Same locks in the same order (branch FOR UPDATE, thread FOR KEY SHARE, lists appended to
-#: FOR NO KEY UPDATE, lists built on and blobs referenced FOR KEY SHARE), same checks in the same
-#: order. Errors are raised with SQLSTATEs of class TL that the client maps back to threadline's
-#: exceptions (_FAST_ERRORS); TLF01 asks the client to run the general path instead (a list to
-#: fork, a list of another thread, a generated id to move after the head), and is raised before
-#: anything was written. Blobs the manifest shares with the planned parent (``p_carried``) are
-#: known to exist and to be recorded for the thread while that parent is the head: they are
-#: neither locked nor recorded again. Returns the parent and the stored size.
+#: put). The same locks (branch FOR UPDATE, thread FOR KEY SHARE, blobs referenced FOR KEY SHARE,
+#: lists appended to FOR NO KEY UPDATE, lists built on FOR KEY SHARE) and the same checks in the
+#: same order. Errors are raised with SQLSTATEs of class TL that the client maps back to
+#: threadline's exceptions (``_fast_error``); TLF01 asks the client to run the general path
+#: instead (a list to fork, a list of another thread, a generated id to move after the head).
+#: Blobs the manifest shares with the planned parent are known to exist and to be recorded for
+#: the thread while that parent is the head: the client sends the blobs to check and to record
+#: both with and without them, and the function picks. The usual put of a growing chat runs five
+#: statements: the branch lock, the list update (which locks it), the items, the checkpoint row
+#: and the head. Returns the parent and the stored size.
 APPEND_FUNCTION = """
 CREATE FUNCTION {s}.append_checkpoint(
     p_thread text, p_branch text, p_check_head boolean, p_expected uuid,
-    p_id uuid, p_generated boolean, p_planned uuid, p_carried bytea[],
+    p_id uuid, p_generated boolean, p_planned uuid,
     p_kind smallint, p_created_at bigint, p_expires_at bigint, p_logical bigint, p_stored bigint,
     p_milestone text, p_merge_parent uuid, p_restored uuid, p_header bytea, p_manifest bytea,
-    p_blobs bytea[], p_new_hashes bytea[], p_new_data bytea[], p_new_sizes bigint[],
+    p_check bytea[], p_check_carried bytea[], p_record bytea[], p_record_carried bytea[],
+    p_new_hashes bytea[], p_new_offsets integer[], p_new_sizes integer[], p_new_logical bigint[],
+    p_new_data bytea, p_new_referenced bytea[],
     p_lists bigint[], p_starts integer[], p_ends integer[],
-    p_item_lists bigint[], p_item_pos integer[], p_item_crcs integer[], p_item_data bytea[],
+    p_item_lists bigint[], p_item_pos integer[], p_item_crcs integer[], p_item_offsets integer[],
+    p_item_sizes integer[], p_item_data bytea,
     p_refs bigint[], p_ref_lens integer[],
     OUT o_parent uuid, OUT o_stored bigint
 ) LANGUAGE plpgsql AS $$
 DECLARE
     v_tkey bigint;
     v_bkey bigint;
-    v_skip bytea[] := '{}';
-    v_check bytea[];
+    v_carried boolean;
+    v_blobs bytea[];
     v_missing bytea;
-    v_ids bigint[] := '{}';
-    v_lens integer[] := '{}';
-    v_owned boolean[] := '{}';
-    v_k integer;
-    r record;
+    v_ltkey bigint;
+    v_len integer;
+    v_sealed boolean;
 BEGIN
     SELECT t.tkey, b.bkey, b.head INTO v_tkey, v_bkey, o_parent FROM {s}.threads t LEFT JOIN LATERAL
         (SELECT bkey, head FROM {s}.branches WHERE tkey = t.tkey AND name = p_branch FOR UPDATE) b ON true
@@ -139,27 +142,11 @@ BEGIN
     IF v_tkey IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'TLT01', MESSAGE = 'thread does not exist';
     END IF;
-    FOR r IN SELECT list_id, tkey, length, sealed FROM {s}.lists WHERE list_id = ANY(p_lists)
-            ORDER BY list_id FOR NO KEY UPDATE LOOP
-        v_ids := v_ids || r.list_id;
-        v_lens := v_lens || r.length;
-        v_owned := v_owned || (r.tkey = v_tkey AND NOT r.sealed);
-    END LOOP;
-    IF cardinality(p_refs) > 0 THEN
-        FOR r IN SELECT list_id, tkey, length FROM {s}.lists WHERE list_id = ANY(p_refs)
-                ORDER BY list_id FOR KEY SHARE LOOP
-            v_ids := v_ids || r.list_id;
-            v_lens := v_lens || r.length;
-            v_owned := v_owned || (r.tkey = v_tkey);
-        END LOOP;
-    END IF;
-    IF p_planned IS NOT NULL AND o_parent = p_planned THEN
-        v_skip := p_carried;
-    END IF;
-    v_check := ARRAY(SELECT h FROM unnest(p_blobs) h WHERE h <> ALL(p_new_hashes) AND h <> ALL(v_skip) ORDER BY h);
-    IF cardinality(v_check) > 0 THEN
-        SELECT h INTO v_missing FROM unnest(v_check) h WHERE h <> ALL(ARRAY(
-            SELECT hash FROM {s}.blobs WHERE hash = ANY(v_check) ORDER BY hash FOR KEY SHARE)) ORDER BY h LIMIT 1;
+    v_carried := p_planned IS NOT NULL AND o_parent IS NOT DISTINCT FROM p_planned;
+    v_blobs := CASE WHEN v_carried THEN p_check_carried ELSE p_check END;
+    IF cardinality(v_blobs) > 0 THEN
+        SELECT h INTO v_missing FROM unnest(v_blobs) h WHERE h <> ALL(ARRAY(
+            SELECT hash FROM {s}.blobs WHERE hash = ANY(v_blobs) ORDER BY hash FOR KEY SHARE)) ORDER BY h LIMIT 1;
         IF v_missing IS NOT NULL THEN
             RAISE EXCEPTION USING ERRCODE = 'TLS01',
                 MESSAGE = format('blob %s does not exist', encode(v_missing, 'hex'));
@@ -187,42 +174,48 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'TLI01', MESSAGE = 'checkpoint exists';
     END IF;
     FOR i IN 1 .. cardinality(p_lists) LOOP
-        v_k := array_position(v_ids, p_lists[i]);
-        IF v_k IS NULL THEN
+        IF p_ends[i] > p_starts[i] THEN  -- the usual append: one statement updates and locks the list
+            UPDATE {s}.lists SET length = p_ends[i]
+                WHERE list_id = p_lists[i] AND tkey = v_tkey AND length = p_starts[i] AND NOT sealed;
+            CONTINUE WHEN FOUND;
+        END IF;
+        SELECT tkey, length, sealed INTO v_ltkey, v_len, v_sealed FROM {s}.lists
+            WHERE list_id = p_lists[i] FOR NO KEY UPDATE;
+        IF NOT FOUND THEN
             IF p_starts[i] <> 0 THEN
                 RAISE EXCEPTION USING ERRCODE = 'TLS01', MESSAGE = format('list %s does not exist', p_lists[i]);
             END IF;
             INSERT INTO {s}.lists (list_id, tkey, length) VALUES (p_lists[i], v_tkey, p_ends[i]);
-        ELSIF v_lens[v_k] < p_starts[i] THEN
+        ELSIF v_len < p_starts[i] THEN
             RAISE EXCEPTION USING ERRCODE = 'TLS01',
-                MESSAGE = format('list %s has %s items, fewer than %s', p_lists[i], v_lens[v_k], p_starts[i]);
-        ELSIF NOT v_owned[v_k] OR v_lens[v_k] <> p_starts[i] THEN
+                MESSAGE = format('list %s has %s items, fewer than %s', p_lists[i], v_len, p_starts[i]);
+        ELSIF v_ltkey <> v_tkey OR v_sealed OR v_len <> p_starts[i] THEN
             RAISE EXCEPTION USING ERRCODE = 'TLF01', MESSAGE = 'list to fork';
-        ELSIF p_ends[i] <> p_starts[i] THEN
-            UPDATE {s}.lists SET length = p_ends[i] WHERE list_id = p_lists[i];
         END IF;
     END LOOP;
     FOR i IN 1 .. cardinality(p_refs) LOOP
-        v_k := array_position(v_ids, p_refs[i]);
-        IF v_k IS NULL OR v_lens[v_k] < p_ref_lens[i] THEN
+        SELECT tkey, length INTO v_ltkey, v_len FROM {s}.lists WHERE list_id = p_refs[i] FOR KEY SHARE;
+        IF NOT FOUND OR v_len < p_ref_lens[i] THEN
             RAISE EXCEPTION USING ERRCODE = 'TLS01',
                 MESSAGE = format('list %s with %s items does not exist', p_refs[i], p_ref_lens[i]);
-        ELSIF NOT v_owned[v_k] THEN
+        ELSIF v_ltkey <> v_tkey THEN
             RAISE EXCEPTION USING ERRCODE = 'TLF01', MESSAGE = 'list of another thread';
         END IF;
     END LOOP;
     o_stored := p_stored;
     IF cardinality(p_new_hashes) > 0 THEN
         WITH added AS (
-            INSERT INTO {s}.blobs (hash, data) SELECT * FROM unnest(p_new_hashes, p_new_data)
+            INSERT INTO {s}.blobs (hash, data)
+                SELECT h, substring(p_new_data FROM o FOR z) FROM unnest(p_new_hashes, p_new_offsets, p_new_sizes)
+                    AS u(h, o, z)
             ON CONFLICT DO NOTHING RETURNING hash
         )
         SELECT o_stored + coalesce(sum(n.size), 0) INTO o_stored
-            FROM added JOIN unnest(p_new_hashes, p_new_sizes) AS n(hash, size) USING (hash);
-        v_check := ARRAY(SELECT h FROM unnest(p_new_hashes) h WHERE h = ANY(p_blobs) ORDER BY h);
-        IF cardinality(v_check) > 0 THEN
-            SELECT h INTO v_missing FROM unnest(v_check) h WHERE h <> ALL(ARRAY(
-                SELECT hash FROM {s}.blobs WHERE hash = ANY(v_check) ORDER BY hash FOR KEY SHARE)) ORDER BY h LIMIT 1;
+            FROM added JOIN unnest(p_new_hashes, p_new_logical) AS n(hash, size) USING (hash);
+        IF cardinality(p_new_referenced) > 0 THEN
+            SELECT h INTO v_missing FROM unnest(p_new_referenced) h WHERE h <> ALL(ARRAY(
+                SELECT hash FROM {s}.blobs WHERE hash = ANY(p_new_referenced) ORDER BY hash FOR KEY SHARE))
+                ORDER BY h LIMIT 1;
             IF v_missing IS NOT NULL THEN
                 RAISE EXCEPTION USING ERRCODE = 'TLS01',
                     MESSAGE = format('blob %s was collected while it was written', encode(v_missing, 'hex'));
@@ -231,11 +224,12 @@ BEGIN
     END IF;
     IF cardinality(p_item_lists) > 0 THEN
         INSERT INTO {s}.items (list_id, pos, crc, data)
-            SELECT * FROM unnest(p_item_lists, p_item_pos, p_item_crcs, p_item_data);
+            SELECT l, p, c, substring(p_item_data FROM o FOR z)
+            FROM unnest(p_item_lists, p_item_pos, p_item_crcs, p_item_offsets, p_item_sizes) AS u(l, p, c, o, z);
     END IF;
-    v_check := ARRAY(SELECT h FROM unnest(p_blobs) h WHERE h <> ALL(v_skip));
-    IF cardinality(v_check) > 0 THEN
-        INSERT INTO {s}.thread_blobs (tkey, hash) SELECT v_tkey, h FROM unnest(v_check) h ON CONFLICT DO NOTHING;
+    v_blobs := CASE WHEN v_carried THEN p_record_carried ELSE p_record END;
+    IF cardinality(v_blobs) > 0 THEN
+        INSERT INTO {s}.thread_blobs (tkey, hash) SELECT v_tkey, h FROM unnest(v_blobs) h ON CONFLICT DO NOTHING;
     END IF;
     INSERT INTO {s}.checkpoints (tkey, bkey, created_at, logical_size, stored_size, expires_at, id, parent,
             merge_parent, kind, milestone, header, manifest)
@@ -460,6 +454,25 @@ def _unpack(stored: bytes, what: str) -> bytes:
         return data
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"{what} is corrupt: bad zstd frame ({exc})") from None
+
+
+def _ints(values: Iterable[int]) -> str:
+    """An integer array parameter as its text literal."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _hashes(values: Iterable[bytes]) -> str:
+    """A bytea array parameter as its text literal."""
+    return "{" + ",".join(f'"\\\\x{h.hex()}"' for h in values) + "}"
+
+
+def _cut(values: Sequence[bytes]) -> tuple[str, str]:
+    """Integer array literals of the 1-based offsets and the sizes of ``values`` joined in one bytea."""
+    offsets, at = [], 1
+    for v in values:
+        offsets.append(at)
+        at += len(v)
+    return _ints(offsets), _ints(len(v) for v in values)
 
 
 def _first(cur: psycopg.Cursor[Any]) -> Any:
@@ -724,10 +737,18 @@ class PostgresRepository(CheckpointRepository):
             with contextlib.suppress(psycopg.Error):
                 self._pool.check()
 
-    def _tx(self, fn: Callable[[Conn], R], begin: str, *, read_only: bool, retry: bool = True) -> R:
+    def _tx(
+        self,
+        fn: Callable[[Conn], R],
+        begin: str,
+        *,
+        read_only: bool,
+        retry: bool = True,
+        pipeline: bool = True,
+    ) -> R:
         def body(conn: Conn, attempt: _Attempt) -> R:
             try:
-                with conn.pipeline():
+                with conn.pipeline() if pipeline else contextlib.nullcontext():
                     conn.execute(begin)
                     result = fn(conn)
                     attempt.committing = True
@@ -741,10 +762,10 @@ class PostgresRepository(CheckpointRepository):
 
         return self._run(body, read_only=read_only, retry=retry)
 
-    def _write(self, fn: Callable[[Conn], R], *, retry: bool = True) -> R:
-        """Run ``fn`` in one READ COMMITTED transaction, pipelined; retried when it had no effect
-        (``retry=False`` when ``fn`` consumes iterators)."""
-        return self._tx(fn, "BEGIN", read_only=False, retry=retry)
+    def _write(self, fn: Callable[[Conn], R], *, retry: bool = True, pipeline: bool = True) -> R:
+        """Run ``fn`` in one READ COMMITTED transaction, pipelined unless told; retried when it had
+        no effect (``retry=False`` when ``fn`` consumes iterators)."""
+        return self._tx(fn, "BEGIN", read_only=False, retry=retry, pipeline=pipeline)
 
     def _read(self, fn: Callable[[Conn], R]) -> R:
         """Run ``fn`` on one consistent snapshot."""
@@ -1934,72 +1955,105 @@ class PostgresRepository(CheckpointRepository):
             milestone=write.milestone,
         )
 
+    #: The parameters are strings, integers and bytes only: psycopg dumps a Python list or UUID in
+    #: Python code (~5 us each, ~100 us for this call), a string in C. Arrays go as text literals,
+    #: the values of several items or blobs as one bytea cut by offsets and sizes.
     APPEND_SQL = (
-        "SELECT o_parent, o_stored FROM {s}.append_checkpoint(%s::text, %s::text, %s::boolean, %s::uuid, "
-        "%s::uuid, %s::boolean, %s::uuid, %s::bytea[], %s::smallint, %s::bigint, %s::bigint, %s::bigint, "
-        "%s::bigint, %s::text, %s::uuid, %s::uuid, %s::bytea, %s::bytea, %s::bytea[], %s::bytea[], "
-        "%s::bytea[], %s::bigint[], %s::bigint[], %s::integer[], %s::integer[], %s::bigint[], "
-        "%s::integer[], %s::integer[], %s::bytea[], %s::bigint[], %s::integer[])"
+        "SELECT o_parent::text, o_stored FROM {s}.append_checkpoint("
+        + ", ".join(
+            f"%s::{t}"
+            for t in (
+                *("text", "text", "boolean", "uuid", "uuid", "boolean", "uuid"),
+                *(
+                    "smallint",
+                    "bigint",
+                    "bigint",
+                    "bigint",
+                    "bigint",
+                    "text",
+                    "uuid",
+                    "uuid",
+                    "bytea",
+                    "bytea",
+                ),
+                *("bytea[]", "bytea[]", "bytea[]", "bytea[]"),
+                *("bytea[]", "integer[]", "integer[]", "bigint[]", "bytea", "bytea[]"),
+                *("bigint[]", "integer[]", "integer[]"),
+                *("bigint[]", "integer[]", "integer[]", "integer[]", "integer[]", "bytea"),
+                *("bigint[]", "integer[]"),
+            )
+        )
+        + ")"
     )
 
     def _append_fast(self, write: CheckpointWrite, expected_head: str | Any | None) -> CheckpointRow | None:
-        """One write by the server-side function (one statement; BEGIN, it and COMMIT in two round
-        trips); None when the write needs the general path (:meth:`_append_one`)."""
+        """One write by the server-side ``append_checkpoint`` (BEGIN, one statement, COMMIT); None
+        when the write needs the general path (:meth:`_append_one`)."""
         if write.create_branch or any(la.base is not None for la in write.lists):
             return None
         lists = sorted(write.lists, key=lambda la: la.list_id)
-        if len({la.list_id for la in lists}) != len(lists):
+        appended = {la.list_id for la in lists}
+        if len(appended) != len(lists):
             return None
         blob_refs, list_refs = manifest_refs(write.manifest)
-        new_blobs = {b.hash: b.data for b in write.blobs}
-        refs = sorted((i, n) for i, n in list_refs.items() if i not in {la.list_id for la in lists})
+        refs = sorted((i, n) for i, n in list_refs.items() if i not in appended)
+        new_data = {b.hash: b.data for b in write.blobs}
+        new_hashes = sorted(new_data)
+        new_packed = [_pack(new_data[h]) for h in new_hashes]
+        carried = write.carried_blobs & blob_refs
+        check = blob_refs - new_data.keys()
         item_lists: list[int] = []
         item_pos: list[int] = []
         item_crcs: list[int] = []
-        item_data: list[bytes] = []
+        item_packed: list[bytes] = []
         stored = 0
         for la in lists:
             n = len(la.items)
             item_lists += [la.list_id] * n
             item_pos += range(la.start, la.start + n)
             item_crcs += [_crc_in(crc) for crc in la.crcs]
-            item_data += [_pack(d) for d in la.items]
+            item_packed += [_pack(d) for d in la.items]
             stored += sum(len(d) for d in la.items)
         manifest_bytes = encode_manifest(write.manifest)
         stored += len(manifest_bytes) + len(write.header)
-        check = expected_head is not UNSET
+        check_head = expected_head is not UNSET
         args = (
             write.thread_id,
             write.branch,
-            check,
-            _u(expected_head) if check else None,
-            uuid.UUID(write.id),
+            check_head,
+            expected_head if check_head else None,
+            write.id,
             write.generated_id,
-            _u(write.planned_parent),
-            sorted(write.carried_blobs & blob_refs),
+            write.planned_parent,
             KIND_CODES[write.kind],
             write.created_at,
             write.expires_at,
             write.logical_size,
             stored,
             write.milestone,
-            _u(write.merge_parent_id),
-            _u(write.restored_from),
+            write.merge_parent_id,
+            write.restored_from,
             write.header,
             manifest_bytes,
-            sorted(blob_refs),
-            list(new_blobs),
-            [_pack(d) for d in new_blobs.values()],
-            [len(d) for d in new_blobs.values()],
-            [la.list_id for la in lists],
-            [la.start for la in lists],
-            [la.start + len(la.items) for la in lists],
-            item_lists,
-            item_pos,
-            item_crcs,
-            item_data,
-            [i for i, _ in refs],
-            [n for _, n in refs],
+            _hashes(sorted(check)),
+            _hashes(sorted(check - carried)),
+            _hashes(sorted(blob_refs)),
+            _hashes(sorted(blob_refs - carried)),
+            _hashes(new_hashes),
+            *_cut(new_packed),
+            _ints(len(new_data[h]) for h in new_hashes),
+            b"".join(new_packed),
+            _hashes(h for h in new_hashes if h in blob_refs),
+            _ints(la.list_id for la in lists),
+            _ints(la.start for la in lists),
+            _ints(la.start + len(la.items) for la in lists),
+            _ints(item_lists),
+            _ints(item_pos),
+            _ints(item_crcs),
+            *_cut(item_packed),
+            b"".join(item_packed),
+            _ints(i for i, _ in refs),
+            _ints(n for _, n in refs),
         )
 
         def op(c: Conn) -> tuple[Any, int]:
@@ -2012,14 +2066,14 @@ class PostgresRepository(CheckpointRepository):
             return parent, total
 
         try:
-            parent, total = self._write(op)
+            parent, total = self._write(op, pipeline=False)
         except _GeneralPath:
             return None
         return CheckpointRow(
             id=write.id,
             thread_id=write.thread_id,
             branch=write.branch,
-            parent_id=_s(parent),
+            parent_id=parent,
             merge_parent_id=write.merge_parent_id,
             kind=write.kind,
             status=STATUSES_BY_CODE[0],
