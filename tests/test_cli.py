@@ -24,8 +24,7 @@ from threadline import open_store
 from threadline.cli import app, render
 from threadline.cli import common as app_module
 from threadline.model import Checkpoint, CheckpointKind, CheckpointStatus
-from threadline.storage.base import SCHEMA_VERSION
-from threadline.storage.sqlite import APPLICATION_ID, MIGRATIONS
+from threadline.storage.sqlite import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 from threadline.store import Store
 
 runner = CliRunner()

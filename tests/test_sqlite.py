@@ -119,6 +119,60 @@ def test_store_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
     assert digest(path) == before
 
 
+def test_a_version_3_store_is_migrated_with_every_checkpoint_kept(tmp_path: Path) -> None:
+    """Version 4 clusters checkpoints by thread; a store written by version 3 (checkpoints
+    keyed by id, with a per-thread index) is rebuilt on open and reads back the same."""
+    path = tmp_path / "t.db"
+    with open_store(url(path)) as store:
+        ids, states = _write_history(store)
+        store.checkpoints.create_thread("u")
+        other = store.checkpoints.create("u", {"k": "v"}, kind="milestone", milestone="m1").id
+        expected = [c.id for c in store.checkpoints.iter("t")]
+    columns = (
+        "id, tkey, bkey, parent, merge_parent, kind, status, created_at, expires_at, "
+        "restore_count, logical_size, stored_size, milestone, header, manifest"
+    )
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        f"""
+        BEGIN;
+        CREATE TABLE v3 AS SELECT {columns} FROM checkpoints;
+        DROP TABLE checkpoints;
+        CREATE TABLE checkpoints (
+            id BLOB NOT NULL, tkey INTEGER NOT NULL, bkey INTEGER NOT NULL, parent BLOB,
+            merge_parent BLOB, kind INTEGER NOT NULL, status INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER NOT NULL, expires_at INTEGER, restore_count INTEGER NOT NULL DEFAULT 0,
+            logical_size INTEGER NOT NULL, stored_size INTEGER NOT NULL, milestone TEXT,
+            header BLOB NOT NULL, manifest BLOB NOT NULL, PRIMARY KEY (id, tkey)
+        ) WITHOUT ROWID;
+        INSERT INTO checkpoints SELECT * FROM v3;
+        DROP TABLE v3;
+        CREATE INDEX checkpoints_by_thread ON checkpoints (tkey, id);
+        CREATE UNIQUE INDEX checkpoints_milestone ON checkpoints (tkey, milestone) WHERE milestone IS NOT NULL;
+        CREATE INDEX checkpoints_expiry ON checkpoints (expires_at) WHERE expires_at IS NOT NULL;
+        UPDATE threadline_meta SET value = '3' WHERE key = 'schema_version';
+        COMMIT;
+        """
+    )
+    conn.close()
+    with open_store(url(path)) as store:
+        assert store.repository.schema_version() == 4
+        assert [c.id for c in store.checkpoints.iter("t")] == expected
+        for cid, state in zip(ids, states, strict=True):
+            assert_exact(store.checkpoints.get_state(cid), state)
+        assert store.checkpoints.get(other).milestone == "m1"
+        assert store.checkpoints.get_state(other) == {"k": "v"}
+        assert not store.checkpoints.check()
+        nxt = store.checkpoints.create("t", {"n": 99})
+        assert nxt.parent_id == ids[-1]
+    conn = sqlite3.connect(path)
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    pk = [r[2] for r in conn.execute("PRAGMA index_info(sqlite_autoindex_checkpoints_1)")]
+    conn.close()
+    assert "checkpoints_by_id" in indexes and "checkpoints_by_thread" not in indexes
+    assert pk == ["tkey", "id"]
+
+
 # ---------------------------------------------------------------- tampering
 
 

@@ -48,7 +48,6 @@ from threadline.model import (
 )
 from threadline.storage.base import (
     MAX_LIST_DEPTH,
-    SCHEMA_VERSION,
     UNSET,
     BranchRow,
     CheckpointRepository,
@@ -81,6 +80,11 @@ from threadline.storage.base import (
 R = TypeVar("R")
 
 APPLICATION_ID = 0x546C6E31  # "Tln1": marks a file as a threadline store
+
+_CHECKPOINT_COLUMNS = (
+    "id, tkey, bkey, parent, merge_parent, kind, status, created_at, expires_at, restore_count, "
+    "logical_size, stored_size, milestone, header, manifest"
+)
 
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (
@@ -201,7 +205,45 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             ) WITHOUT ROWID""",
         ],
     ),
+    (
+        # Checkpoints clustered by thread: a thread's rows share pages, so deleting or
+        # listing a thread touches a few pages instead of one page per checkpoint (writes
+        # round-robin over threads spread a thread's rows over every page). Lookups by id
+        # alone go through the id index. Puts still write one table leaf and one index leaf.
+        4,
+        [
+            """CREATE TABLE checkpoints_v4 (
+                id BLOB NOT NULL,
+                tkey INTEGER NOT NULL,
+                bkey INTEGER NOT NULL,
+                parent BLOB,
+                merge_parent BLOB,
+                kind INTEGER NOT NULL,
+                status INTEGER NOT NULL DEFAULT 0,
+                created_at INTEGER NOT NULL,
+                expires_at INTEGER,
+                restore_count INTEGER NOT NULL DEFAULT 0,
+                logical_size INTEGER NOT NULL,
+                stored_size INTEGER NOT NULL,
+                milestone TEXT,
+                header BLOB NOT NULL,
+                manifest BLOB NOT NULL,
+                PRIMARY KEY (tkey, id)
+            ) WITHOUT ROWID""",
+            f"INSERT INTO checkpoints_v4 ({_CHECKPOINT_COLUMNS}) "
+            f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints ORDER BY tkey, id",
+            "DROP TABLE checkpoints",
+            "ALTER TABLE checkpoints_v4 RENAME TO checkpoints",
+            "CREATE INDEX checkpoints_by_id ON checkpoints (id)",
+            "CREATE UNIQUE INDEX checkpoints_milestone ON checkpoints (tkey, milestone) "
+            "WHERE milestone IS NOT NULL",
+            "CREATE INDEX checkpoints_expiry ON checkpoints (expires_at) WHERE expires_at IS NOT NULL",
+        ],
+    ),
 ]
+
+#: The schema version this module writes (the last migration's).
+SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _BUSY_DEADLINE_S = 60.0
 #: 8 KiB pages hold ten ~700-byte chat messages with little slack (4 KiB pages waste ~12%).
@@ -565,6 +607,9 @@ class SQLiteRepository(CheckpointRepository):
             c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
         self._write(apply)
+
+    def latest_schema_version(self) -> int:
+        return SCHEMA_VERSION
 
     def schema_version(self) -> int:
         def read(c: sqlite3.Connection) -> int:
