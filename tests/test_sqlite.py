@@ -426,3 +426,41 @@ def test_write_planned_against_a_parent_deleted_by_another_handle_restores_its_v
         third = a.checkpoints.create("t", {"config": doc, "msgs": msgs})
         assert third.stored_size < 400  # the parent is the head again: the blob is carried
         assert_exact(b.checkpoints.get_state(third.id), {"config": doc, "msgs": msgs})
+
+
+# ---------------------------------------------------------------- read snapshots
+
+
+def test_reads_inside_a_snapshot_see_one_state_of_the_store(tmp_path: Path) -> None:
+    import threading
+
+    from threadline.errors import StorageError
+
+    path = tmp_path / "t.db"
+    with open_store(url(path)) as store:
+        cps = store.checkpoints
+        cps.create_thread("t")
+        first = cps.create("t", {"msgs": [message(0), message(1)]})
+        with cps.snapshot(), cps.snapshot():  # blocks nest
+            assert cps.latest("t").id == first.id  # type: ignore[union-attr]
+            written: list[str] = []
+            writer = threading.Thread(target=lambda: written.append(cps.create("t", {"n": 2}).id))
+            writer.start()
+            writer.join()
+            # another thread's commit is not seen inside the block ...
+            assert cps.latest("t").id == first.id  # type: ignore[union-attr]
+            assert cps.get_state(first.id) == {"msgs": [message(0), message(1)]}
+            # ... and this thread cannot write inside it: nothing is stored
+            with pytest.raises(StorageError, match="read snapshot"):
+                cps.create("t", {"n": 3})
+        assert cps.latest("t").id == written[0]  # type: ignore[union-attr]
+        assert [c.id for c in cps.iter("t")] == [written[0], first.id]
+        cps.create("t", {"n": 4})  # writes work again after the block
+
+
+def test_snapshot_is_a_plain_block_on_the_memory_backend() -> None:
+    with open_store("memory://") as store:
+        store.checkpoints.create_thread("t")
+        with store.checkpoints.snapshot():
+            cp = store.checkpoints.create("t", {"a": 1})
+            assert store.checkpoints.get_state(cp.id) == {"a": 1}

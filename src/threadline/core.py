@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import functools
 import hashlib
 import operator
@@ -889,6 +890,16 @@ class CheckpointDomainService:
 
         Raises IntegrityError (naming the checkpoint) when stored bytes do not match.
         """
+        with self.repository.snapshot():
+            return self._materialize_many(rows)
+
+    def snapshot(self) -> contextlib.AbstractContextManager[None]:
+        """Reads made inside the block (on this thread) see one snapshot of the store, in
+        one read transaction where the backend has them: cheaper for several reads in a
+        row. No writes inside the block."""
+        return self.repository.snapshot()
+
+    def _materialize_many(self, rows: Sequence[CheckpointRow]) -> builtins.list[dict[str, Any]]:
         wanted_blobs = {r.hash for row in rows for r in row.manifest.values() if isinstance(r, BlobRef)}
         raw_blobs = self.repository.get_blobs(wanted_blobs) if wanted_blobs else {}
         longest: dict[int, tuple[int, str]] = {}

@@ -28,6 +28,7 @@ resolution rules) are used by every backend so that they cannot drift.
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -692,6 +693,16 @@ class CheckpointRepository(abc.ABC):
     def storage_bytes(self) -> int:
         """Bytes the store occupies, journal flushed first (file size for SQLite,
         table sizes for PostgreSQL, an estimate of held bytes for memory)."""
+
+    def snapshot(self) -> contextlib.AbstractContextManager[None]:
+        """Run the reads made inside the ``with`` block, on this thread, on one consistent
+        snapshot of the store (one read transaction for several calls) where the backend
+        can; otherwise each read is its own snapshot, as outside the block.
+
+        No write may be made inside the block on the same thread (a backend with real
+        snapshots raises StorageError). Blocks nest.
+        """
+        return contextlib.nullcontext()
 
     @abc.abstractmethod
     def reclaim_space(self) -> int:

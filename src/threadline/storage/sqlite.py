@@ -491,6 +491,8 @@ class SQLiteRepository(CheckpointRepository):
             with self._shared_lock:
                 result: R = self._run_batch([_Pending(fn)], self._shared)[0].value()
                 return result
+        if self._conn().in_transaction:
+            raise StorageError(f"{self.url}: a write inside a read snapshot (snapshot()) of the same thread")
         item = _Pending(fn)
         with self._group_lock:
             self._queue.append(item)
@@ -551,15 +553,33 @@ class SQLiteRepository(CheckpointRepository):
             self._checkpointer.wake()
 
     def _read(self, fn: Callable[[sqlite3.Connection], R]) -> R:
-        """Run ``fn`` on one consistent snapshot."""
+        """Run ``fn`` on one consistent snapshot (the open :meth:`snapshot`'s, if any)."""
         conn = self._conn()
         lock = self._shared_lock if self._shared is not None else contextlib.nullcontext()
         with lock, self._translate():
+            if self._shared is None and conn.in_transaction:  # inside snapshot() on this thread
+                return fn(conn)
             self._retry(lambda: conn.execute("BEGIN"))
             try:
                 return fn(conn)
             finally:
                 if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction for every read this thread makes inside the block."""
+        conn = self._conn()
+        if self._shared is not None or conn.in_transaction:  # shared connection, or nested
+            yield
+            return
+        with self._translate():
+            self._retry(lambda: conn.execute("BEGIN"))
+        try:
+            yield
+        finally:
+            if conn.in_transaction:
+                with self._translate():
                     conn.execute("COMMIT")
 
     # ------------------------------------------------------------ schema
