@@ -15,7 +15,9 @@ Mapping (see docs/langgraph.md):
   ``error`` checkpoint (on a branch ``error/...``, sharing the failed step's state) that
   LangGraph never sees but ``threadline log`` and statistics do.
 
-Every method is written once, synchronously; the async methods run it in a worker thread.
+Every method is written once, synchronously; the async methods run it in a worker thread,
+except ``aput``: async puts go to the saver's writer thread, which commits the puts waiting
+for it in one transaction (group commit).
 """
 
 from __future__ import annotations
