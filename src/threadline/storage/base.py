@@ -78,7 +78,7 @@ Manifest = dict[str, Ref]
 # ---------------------------------------------------------------- writes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewBlob:
     """A blob the write needs. Stored unless a blob with this hash exists."""
 
@@ -86,7 +86,7 @@ class NewBlob:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ListAppend:
     """Items to add to a list so that ``ListRef(list_id, start + len(items))`` holds.
 
@@ -110,7 +110,7 @@ class ListAppend:
     base: tuple[int, int] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CheckpointWrite:
     """Everything one checkpoint write stores, in one transaction."""
 

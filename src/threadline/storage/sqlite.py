@@ -340,7 +340,8 @@ class _Pending:
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
         self.fn = fn
-        self.done = threading.Event()
+        #: set when the write is done or this thread must lead; only a write that waits has one
+        self.done: threading.Event | None = None
         self.result: Any = None
         self.error: BaseException | None = None
         self.lead = False
@@ -495,10 +496,12 @@ class SQLiteRepository(CheckpointRepository):
             raise StorageError(f"{self.url}: a write inside a read snapshot (snapshot()) of the same thread")
         item = _Pending(fn)
         with self._group_lock:
-            self._queue.append(item)
             lead = not self._leading
+            if not lead:
+                item.done = threading.Event()
+            self._queue.append(item)
             self._leading = True
-        if not lead:
+        if item.done is not None:
             item.done.wait()  # set when the write is done, or when this thread must lead
             if not item.lead:
                 return item.value()  # type: ignore[no-any-return]
@@ -509,6 +512,7 @@ class SQLiteRepository(CheckpointRepository):
             if self._queue:  # hand over to the oldest waiter; its write is in its own batch
                 successor = self._queue[0]
                 successor.lead = True
+                assert successor.done is not None
                 successor.done.set()
             else:
                 self._leading = False
@@ -543,7 +547,7 @@ class SQLiteRepository(CheckpointRepository):
                 if item.error is None:
                     item.error = exc
         for item in batch:
-            if not item.lead:
+            if not item.lead and item.done is not None:
                 item.done.set()
         return batch
 
