@@ -6,6 +6,7 @@ skipped without one unless CI is set. Writers in several processes: test_postgre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -539,12 +540,15 @@ def test_cleanup_of_one_thread_never_waits_on_writers_of_another(
 # ---------------------------------------------------------------- faults
 
 
-def _blocked_by(admin: psycopg.Connection[Any], blocker: int, timeout: float = 10) -> int:
-    """The pid of the backend waiting on a lock that ``blocker`` holds."""
+def _blocked_by(
+    admin: psycopg.Connection[Any], blocker: int, timeout: float = 10, other_than: int = 0
+) -> int:
+    """The pid of the backend waiting on a lock that ``blocker`` holds (not ``other_than``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         row = admin.execute(
-            "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (blocker,)
+            "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid)) AND pid <> %s",
+            (blocker, other_than),
         ).fetchone()
         if row:
             return int(row[0])
@@ -570,26 +574,16 @@ def test_connection_killed_before_commit_is_retried(
         writer.start()
         victim = _blocked_by(admin, locker.info.backend_pid)
         admin.execute("SELECT pg_terminate_backend(%s)", (victim,))
-        _blocked_by(admin, locker.info.backend_pid)  # the retry waits for the lock again
+        _blocked_by(admin, locker.info.backend_pid, other_than=victim)  # the retry waits for the lock again
         locker.execute("COMMIT")
         writer.join(timeout=30)
     assert result["cp"].parent_id == first.id
     assert [c.id for c in cps.iter("t")] == [result["cp"].id, first.id]
 
 
-def test_connection_killed_while_committing_stores_nothing(
-    postgres_factory: StoreFactory, postgres_url: str
-) -> None:
-    store = postgres_factory()
-    repo, cps = repo_of(store), store.checkpoints
-    cps.create_thread("t")
-    msgs = [message(i) for i in range(20)]
-    first = cps.create("t", {"msgs": msgs, "doc": "a" * 3000})
-    repo.collect_garbage()
-    before = TestPostgres().stored_parts(store)
-    key = int.from_bytes(os.urandom(7), "big")
-    # A deferred trigger that waits for an advisory lock makes the write wait inside its COMMIT
-    # (as a synchronous standby would): killed there, the client cannot know the outcome.
+def _wait_at_commit(repo: PostgresRepository, key: int) -> None:
+    """A deferred trigger that waits for advisory lock ``key`` makes every checkpoint write wait
+    inside its COMMIT (as a synchronous standby would)."""
     repo._write(
         lambda c: (
             c.execute(
@@ -606,34 +600,129 @@ def test_connection_killed_while_committing_stores_nothing(
             ),
         )
     )
+
+
+@pytest.mark.parametrize("path", ["one statement", "general"])
+def test_connection_killed_while_committing(
+    postgres_factory: StoreFactory, postgres_url: str, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """A write killed in its COMMIT either stored nothing (the server rolled it back) or all of it.
+    The one-statement write finds out which on a new connection and stores it then; a write of the
+    general path (several checkpoints, a new branch, a forked list) says it cannot know."""
+    if path == "general":
+        monkeypatch.setattr(PostgresRepository, "_append_fast", lambda self, write, expected: None)
+    store = postgres_factory()
+    repo, cps = repo_of(store), store.checkpoints
+    cps.create_thread("t")
+    msgs = [message(i) for i in range(20)]
+    first = cps.create("t", {"msgs": msgs, "doc": "a" * 3000})
+    repo.collect_garbage()
+    before = TestPostgres().stored_parts(store)
+    key = int.from_bytes(os.urandom(7), "big")
+    _wait_at_commit(repo, key)
     with (
         psycopg.connect(postgres_url, autocommit=True) as blocker,
         psycopg.connect(postgres_url, autocommit=True) as admin,
     ):
         blocker.execute("SELECT pg_advisory_lock(%s)", (key,))
-        errors: list[BaseException] = []
+        result: dict[str, Any] = {}
 
         def write() -> None:
             try:
-                cps.create("t", {"msgs": [*msgs, message(20)], "doc": "b" * 3000})
+                result["cp"] = cps.create("t", {"msgs": [*msgs, message(20)], "doc": "b" * 3000})
             except BaseException as exc:
-                errors.append(exc)
+                result["error"] = exc
 
         writer = threading.Thread(target=write)
         writer.start()
         victim = _blocked_by(admin, blocker.info.backend_pid)
         admin.execute("SELECT pg_terminate_backend(%s)", (victim,))
-        writer.join(timeout=30)
+        if path == "one statement":  # written again on a new connection, which waits in its COMMIT
+            _blocked_by(admin, blocker.info.backend_pid, other_than=victim)
         blocker.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        writer.join(timeout=30)
     repo._write(lambda c: c.execute(repo._sql("DROP TRIGGER wait_at_commit ON {s}.checkpoints")))
-    assert len(errors) == 1 and isinstance(errors[0], StorageError), errors
-    assert "stored whole or not at all" in str(errors[0])
+    if path == "one statement":
+        assert "error" not in result, result
+        assert [c.id for c in cps.iter("t")] == [result["cp"].id, first.id]
+        assert result["cp"].parent_id == first.id
+        assert cps.get_state(result["cp"].id) == {"msgs": [*msgs, message(20)], "doc": "b" * 3000}
+        return
+    assert isinstance(result.get("error"), StorageError), result
+    assert "stored whole or not at all" in str(result["error"])
     assert [c.id for c in cps.iter("t")] == [first.id]
     assert repo.get_branch("t", "main").head == first.id
     assert repo.collect_garbage() == GcReport()
     assert TestPostgres().stored_parts(store) == before
     nxt = cps.create("t", {"msgs": [*msgs, message(20)]})  # the store and the pool work on
     assert nxt.parent_id == first.id
+
+
+@pytest.fixture
+def reply_dropping_proxy(postgres_url: str) -> Iterator[tuple[str, threading.Event]]:
+    """(URL through a TCP proxy to the test server, event): while the event is set, the proxy
+    closes the client's connection instead of passing on the server's next reply, once."""
+    server = psycopg.conninfo.conninfo_to_dict(postgres_url)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    drop = threading.Event()
+    stop = threading.Event()
+
+    def pump(src: socket.socket, dst: socket.socket, replies: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if replies and drop.is_set():
+                    drop.clear()
+                    break
+                dst.sendall(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.create_connection(
+                (str(server.get("host", "127.0.0.1")), int(server.get("port", 5432)))
+            )
+            threading.Thread(target=pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client, True), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    user, dbname = server.get("user", "postgres"), server.get("dbname", "test")
+    yield f"postgresql://{user}@127.0.0.1:{port}/{dbname}?sslmode=disable", drop
+    stop.set()
+    thread.join()
+    listener.close()
+
+
+def test_write_whose_reply_is_lost_is_found_stored_and_not_written_twice(
+    reply_dropping_proxy: tuple[str, threading.Event], admin: psycopg.Connection[Any]
+) -> None:
+    url, drop = reply_dropping_proxy
+    name = unique_name("t")
+    try:
+        with open_store(with_schema(url, name) + "&pool_min=1&pool_max=1") as store:
+            cps = store.checkpoints
+            cps.create_thread("t")
+            first = cps.create("t", {"msgs": [message(i) for i in range(5)], "n": 0})
+            drop.set()  # the server commits the next write; its reply never arrives
+            second = cps.create("t", {"msgs": [message(i) for i in range(6)], "n": 1}, expected_head=first.id)
+            assert not drop.is_set(), "the proxy dropped no reply"
+            assert [c.id for c in cps.iter("t")] == [second.id, first.id]
+            assert second.parent_id == first.id and second.stored_size > 0
+            assert cps.get_state(second.id) == {"msgs": [message(i) for i in range(6)], "n": 1}
+            third = cps.create("t", {"msgs": [message(i) for i in range(7)], "n": 2}, expected_head=second.id)
+            assert third.parent_id == second.id
+    finally:
+        admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 def test_pool_survives_all_its_connections_being_terminated(

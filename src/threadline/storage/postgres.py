@@ -712,7 +712,15 @@ class PostgresRepository(CheckpointRepository):
         # Once COMMIT is on the wire a lost connection leaves the outcome unknown: never retry a write then.
         return self._lost(exc) and (attempt.read_only or not attempt.committing)
 
-    def _run(self, body: Callable[[Conn, _Attempt], R], *, read_only: bool, retry: bool = True) -> R:
+    def _run(
+        self,
+        body: Callable[[Conn, _Attempt], R],
+        *,
+        read_only: bool,
+        retry: bool = True,
+        on_lost: Callable[[], R] | None = None,
+    ) -> R:
+        """Run ``body`` on a pooled connection; ``on_lost`` answers instead when the connection dies."""
         tries = 0
         while True:
             attempt = _Attempt(read_only=read_only)
@@ -720,6 +728,9 @@ class PostgresRepository(CheckpointRepository):
                 with self._connection() as conn:
                     return body(conn, attempt)
             except psycopg.Error as exc:
+                if on_lost is not None and self._lost(exc):
+                    self._heal()
+                    return on_lost()
                 if retry and tries < _RETRIES and self._retryable(exc, attempt):
                     tries += 1
                     self._heal()
@@ -1987,8 +1998,12 @@ class PostgresRepository(CheckpointRepository):
     )
 
     def _append_fast(self, write: CheckpointWrite, expected_head: str | Any | None) -> CheckpointRow | None:
-        """One write by the server-side ``append_checkpoint`` (BEGIN, one statement, COMMIT); None
-        when the write needs the general path (:meth:`_append_one`)."""
+        """One write by one statement, the server-side ``append_checkpoint`` in autocommit; None
+        when the write needs the general path (:meth:`_append_one`).
+
+        When the connection is lost during the statement, its outcome is resolved on a new connection
+        (``resolve``): the write is found stored, or stored then (in a transaction).
+        """
         if write.create_branch or any(la.base is not None for la in write.lists):
             return None
         lists = sorted(write.lists, key=lambda la: la.list_id)
@@ -2056,7 +2071,7 @@ class PostgresRepository(CheckpointRepository):
             _ints(n for _, n in refs),
         )
 
-        def op(c: Conn) -> tuple[Any, int]:
+        def call(c: Conn) -> tuple[str | None, int]:
             try:
                 parent, total = _first(self._x(c, self.APPEND_SQL, args))
             except psycopg.Error as exc:
@@ -2065,8 +2080,23 @@ class PostgresRepository(CheckpointRepository):
                 raise self._fast_error(exc, write, expected_head) from None
             return parent, total
 
+        def resolve(c: Conn) -> tuple[str | None, int]:
+            # The lost call holds the branch lock until it has committed or rolled back: once we hold
+            # it, the checkpoint is there (that call stored it) or the write has not happened.
+            self._x(c, self.LOCK_BRANCH_SQL, (write.branch, write.thread_id))
+            found = self._x(
+                c,
+                "SELECT parent::text, stored_size FROM {s}.checkpoints WHERE tkey = "
+                "(SELECT tkey FROM {s}.threads WHERE id = %s) AND id = %s::uuid AND header = %s AND manifest = %s",
+                (write.thread_id, write.id, write.header, manifest_bytes),
+            ).fetchone()
+            return (found[0], found[1]) if found is not None else call(c)
+
         try:
-            parent, total = self._write(op, pipeline=False)
+            # Autocommit: the statement is the transaction, one round trip.
+            parent, total = self._run(
+                lambda c, _: call(c), read_only=False, on_lost=lambda: self._write(resolve, pipeline=False)
+            )
         except _GeneralPath:
             return None
         return CheckpointRow(
