@@ -86,6 +86,29 @@ _CHECKPOINT_COLUMNS = (
     "logical_size, stored_size, milestone, header, manifest"
 )
 
+
+def _checkpoints_table(name: str, key: str) -> str:
+    """The checkpoints table (its columns are the same in every schema version)."""
+    return f"""CREATE TABLE {name} (
+                id BLOB NOT NULL,
+                tkey INTEGER NOT NULL,
+                bkey INTEGER NOT NULL,
+                parent BLOB,
+                merge_parent BLOB,
+                kind INTEGER NOT NULL,
+                status INTEGER NOT NULL DEFAULT 0,
+                created_at INTEGER NOT NULL,
+                expires_at INTEGER,
+                restore_count INTEGER NOT NULL DEFAULT 0,
+                logical_size INTEGER NOT NULL,
+                stored_size INTEGER NOT NULL,
+                milestone TEXT,
+                header BLOB NOT NULL,
+                manifest BLOB NOT NULL,
+                PRIMARY KEY ({key})
+            ) WITHOUT ROWID"""
+
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (
         1,
@@ -110,24 +133,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 base BLOB,
                 UNIQUE (tkey, name)
             )""",
-            """CREATE TABLE checkpoints (
-                id BLOB NOT NULL,
-                tkey INTEGER NOT NULL,
-                bkey INTEGER NOT NULL,
-                parent BLOB,
-                merge_parent BLOB,
-                kind INTEGER NOT NULL,
-                status INTEGER NOT NULL DEFAULT 0,
-                created_at INTEGER NOT NULL,
-                expires_at INTEGER,
-                restore_count INTEGER NOT NULL DEFAULT 0,
-                logical_size INTEGER NOT NULL,
-                stored_size INTEGER NOT NULL,
-                milestone TEXT,
-                header BLOB NOT NULL,
-                manifest BLOB NOT NULL,
-                PRIMARY KEY (id, tkey)
-            ) WITHOUT ROWID""",
+            _checkpoints_table("checkpoints", "id, tkey"),
             "CREATE INDEX checkpoints_by_thread ON checkpoints (tkey, id)",
             "CREATE UNIQUE INDEX checkpoints_milestone ON checkpoints (tkey, milestone) "
             "WHERE milestone IS NOT NULL",
@@ -212,24 +218,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         # alone go through the id index. Puts still write one table leaf and one index leaf.
         4,
         [
-            """CREATE TABLE checkpoints_v4 (
-                id BLOB NOT NULL,
-                tkey INTEGER NOT NULL,
-                bkey INTEGER NOT NULL,
-                parent BLOB,
-                merge_parent BLOB,
-                kind INTEGER NOT NULL,
-                status INTEGER NOT NULL DEFAULT 0,
-                created_at INTEGER NOT NULL,
-                expires_at INTEGER,
-                restore_count INTEGER NOT NULL DEFAULT 0,
-                logical_size INTEGER NOT NULL,
-                stored_size INTEGER NOT NULL,
-                milestone TEXT,
-                header BLOB NOT NULL,
-                manifest BLOB NOT NULL,
-                PRIMARY KEY (tkey, id)
-            ) WITHOUT ROWID""",
+            _checkpoints_table("checkpoints_v4", "tkey, id"),
             f"INSERT INTO checkpoints_v4 ({_CHECKPOINT_COLUMNS}) "
             f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints ORDER BY tkey, id",
             "DROP TABLE checkpoints",
