@@ -16,7 +16,9 @@ Workloads
 
 Baselines ("ceiling"): a plain sqlite3 connection to a fresh WAL file with the same
 ``synchronous`` level, writing per checkpoint the same new bytes (BEGIN; 2 INSERTs;
-COMMIT). Everything runs in a temporary directory that is removed at the end.
+COMMIT). Each W1 put of a SQLite store is paired with the ceiling's put of the same new
+bytes, in alternating order, so that load changes on the (shared) machine hit both alike.
+Everything runs in a temporary directory that is removed at the end.
 """
 
 from __future__ import annotations
@@ -283,46 +285,54 @@ def growth(by_step: list[list[float]]) -> dict[str, float]:
     }
 
 
-def run_w1_ceiling(tmp: Path, synchronous: str, cfg: Config) -> dict[str, Any]:
-    ser = Serializer()
-    raw = RawCeiling(tmp / f"ceiling-w1-{synchronous}.db", synchronous)
-    by_step, _ = w1_puts(lambda t, step, msg, state: raw.put(t, step, ser.dumps(msg)), cfg)
-    flat = [x for s in by_step for x in s]
-    out = {"put": summarize(flat), "growth": growth(by_step), "bytes_on_disk": raw.storage_bytes()}
-    raw.close()
-    return out
+def run_w1(url: str, cfg: Config, *, reads: bool, ceiling: RawCeiling | None = None) -> dict[str, Any]:
+    """W1 on one store: puts (per-step latencies), bytes, then (optionally) reads and deletes.
 
-
-def run_w1(url: str, cfg: Config, *, reads: bool) -> dict[str, Any]:
-    """W1 on one store: puts (per-step latencies), bytes, then (optionally) reads and deletes."""
+    With ``ceiling``, every put is paired with the raw ceiling's put of the same new bytes
+    (the new message), the two in alternating order, so that load changes on the machine
+    hit both alike; the ceiling's figures are returned under ``"ceiling"``.
+    """
     store = open_store(url)
     cps = store.checkpoints
     tids = [f"w1-{t:03d}" for t in range(cfg.threads)]
     for tid in tids:
         cps.create_thread(tid)
     ids: dict[str, list[str]] = {tid: [] for tid in tids}
+    raw_by_step: list[list[float]] = [[] for _ in range(cfg.steps)]
+    raw_ser = Serializer()
 
     def put(t: int, step: int, msg: dict[str, Any], state: dict[str, Any]) -> float:
+        new = raw_ser.dumps(msg) if ceiling is not None else b""
+        if ceiling is not None and step % 2:
+            raw_by_step[step].append(ceiling.put(t, step, new))
         t0 = time.perf_counter()
         cp = cps.create(tids[t], state)
         dt = time.perf_counter() - t0
+        if ceiling is not None and not step % 2:
+            raw_by_step[step].append(ceiling.put(t, step, new))
         ids[tids[t]].append(cp.id)
         return dt
 
-    wall0 = time.perf_counter()
     by_step, finals = w1_puts(put, cfg)
-    wall = time.perf_counter() - wall0
     flat = [x for s in by_step for x in s]
     unique = sum(len(store.serializer.dumps(state)) for state in finals.values())
     disk = store.repository.storage_bytes()
     out: dict[str, Any] = {
         "put": summarize(flat),
-        "put_wall_s": wall,
+        "put_wall_s": sum(flat),
         "growth": growth(by_step),
         "bytes_on_disk": disk,
         "unique_bytes": unique,
         "bytes_ratio": disk / unique,
     }
+    if ceiling is not None:
+        raw_flat = [x for s in raw_by_step for x in s]
+        out["ceiling"] = {
+            "put": summarize(raw_flat),
+            "growth": growth(raw_by_step),
+            "bytes_on_disk": ceiling.storage_bytes(),
+        }
+        ceiling.close()
     # Correctness spot check: the latest state of thread 0 is exactly the last state written.
     latest = cps.latest(tids[0])
     assert latest is not None and cps.get_state(latest.id) == finals[0], "W1: latest state differs"
@@ -655,10 +665,12 @@ def bench_w1(tmp: Path, cfg: Config, targets: list[tuple[str, str, bool]]) -> di
     res: dict[str, Any] = {}
     console.print(f"[bold]W1 agent chat[/]: {cfg.threads} threads x {cfg.steps} checkpoints, round-robin")
     res["memory"] = run_w1(BACKENDS["memory"](tmp, "w1"), cfg, reads=True)
-    res["sqlite full"] = run_w1(BACKENDS["sqlite full"](tmp, "w1"), cfg, reads=True)
-    res["sqlite normal"] = run_w1(BACKENDS["sqlite normal"](tmp, "w1"), cfg, reads=False)
-    res["ceiling full"] = run_w1_ceiling(tmp, "full", cfg)
-    res["ceiling normal"] = run_w1_ceiling(tmp, "normal", cfg)
+    for level in ("full", "normal"):
+        raw = RawCeiling(tmp / f"ceiling-w1-{level}.db", level)
+        res[f"sqlite {level}"] = run_w1(
+            BACKENDS[f"sqlite {level}"](tmp, "w1"), cfg, reads=level == "full", ceiling=raw
+        )
+        res[f"ceiling {level}"] = res[f"sqlite {level}"].pop("ceiling")
 
     vs = {
         "sqlite full": res["sqlite full"]["put"]["ops_per_s"] / res["ceiling full"]["put"]["ops_per_s"],
