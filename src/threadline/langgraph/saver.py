@@ -344,22 +344,23 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
         """(checkpoint_ns, threadline thread id) of every namespace a LangGraph thread has."""
         root = thread_key(thread_id)
         found: builtins.list[tuple[str, str]] = []
-        try:
-            self.core.get_thread(root)
-            found.append(("", root))
-        except NotFound:
-            pass
         prefix = root + NS_SEP
-        cursor: str | None = prefix
-        while cursor is not None:
-            page = self.core.list_threads(cursor=cursor, limit=_PAGE)
-            for thread in page.items:
-                if not thread.id.startswith(prefix):
-                    return found
-                info = thread.metadata.get("langgraph")
-                if isinstance(info, dict) and info.get("thread_id") == thread_id:
-                    found.append((str(info.get("checkpoint_ns", "")), thread.id))
-            cursor = page.next_cursor
+        with self.core.snapshot():
+            try:
+                self.core.get_thread(root)
+                found.append(("", root))
+            except NotFound:
+                pass
+            cursor: str | None = prefix
+            while cursor is not None:
+                page = self.core.list_threads(cursor=cursor, limit=_PAGE)
+                for thread in page.items:
+                    if not thread.id.startswith(prefix):
+                        return found
+                    info = thread.metadata.get("langgraph")
+                    if isinstance(info, dict) and info.get("thread_id") == thread_id:
+                        found.append((str(info.get("checkpoint_ns", "")), thread.id))
+                cursor = page.next_cursor
         return found
 
     def _all_namespaces(self) -> Iterator[tuple[str, str, str]]:
@@ -426,9 +427,8 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
         checkpoint_ns: str,
         row: CheckpointRow,
         writes: Sequence[PendingWrite],
-        state: dict[str, Any] | None = None,
+        state: dict[str, Any],
     ) -> CheckpointTuple:
-        state = dict(state) if state is not None else self.core.materialize(row)
         metadata = dict(self.core.describe(row).metadata)
         book = metadata.pop(BOOK, None) or {}
         ts = book.get("ts", "")
@@ -467,19 +467,22 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
         thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
         key = thread_key(thread_id, ns)
         checkpoint_id = get_checkpoint_id(config)
-        try:
-            if checkpoint_id:
-                row = self.core.row(checkpoint_id, key)
-                if row.kind not in LG_KINDS:
-                    return None
-            else:
-                rows = self.core.scan(key, CheckpointFilter(kinds=LG_KINDS), limit=1)
-                if not rows:
-                    return None
-                row = rows[0]
-        except (NotFound, InvalidInput):
-            return None
-        return self._tuple(thread_id, ns, row, self._writes_of(key, [row.id]).get(row.id, []))
+        with self.core.snapshot():  # one read transaction for the row, its writes and its state
+            try:
+                if checkpoint_id:
+                    row = self.core.row(checkpoint_id, key)
+                    if row.kind not in LG_KINDS:
+                        return None
+                else:
+                    rows = self.core.scan(key, CheckpointFilter(kinds=LG_KINDS), limit=1)
+                    if not rows:
+                        return None
+                    row = rows[0]
+                writes = self._writes_of(key, [row.id]).get(row.id, [])
+                state = self.core.materialize(row)
+            except (NotFound, InvalidInput):
+                return None
+        return self._tuple(thread_id, ns, row, writes, state)
 
     def list(
         self,
@@ -522,39 +525,35 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
         only: str | None,
         limit: int | None,
     ) -> Iterator[tuple[str, str, CheckpointRow, builtins.list[PendingWrite], dict[str, Any]]]:
-        """One namespace's matching rows, newest first, fetched a page at a time with their writes."""
+        """One namespace's matching rows, newest first, a page at a time with their writes
+        and states: each page read in one snapshot, never held open while the caller iterates."""
         thread_id, ns, key = target
-        try:
-            if only is not None:
-                rows = [self.core.row(only, key)]
-                if rows[0].kind not in LG_KINDS or (cursor is not None and rows[0].id >= cursor):
-                    return
-                if wanted.metadata and not metadata_matches(
-                    self.core.describe(rows[0]).metadata, wanted.metadata
-                ):
-                    return
-                pages: Iterator[builtins.list[CheckpointRow]] = iter([rows])
-            else:
-                pages = self._pages(key, wanted, cursor, limit)
-            for page in pages:
-                writes = self._writes_of(key, [r.id for r in page])
-                states = self.core.materialize_many(page)  # shared values decoded once per page
-                for row, state in zip(page, states, strict=True):
-                    yield thread_id, ns, row, writes.get(row.id, []), state
-        except NotFound:
-            return
-
-    def _pages(
-        self, key: str, wanted: CheckpointFilter, cursor: str | None, limit: int | None
-    ) -> Iterator[builtins.list[CheckpointRow]]:
         size = min(limit, _PAGE) if limit else _PAGE
         while True:
-            rows = self.core.scan(key, wanted, limit=size, cursor=cursor)
-            if rows:
-                yield rows
-            if len(rows) < size:
+            try:
+                with self.core.snapshot():
+                    page = self._page(key, wanted, cursor, only, size)
+                    writes = self._writes_of(key, [r.id for r in page])
+                    states = self.core.materialize_many(page)  # shared values decoded once per page
+            except NotFound:
                 return
-            cursor, size = rows[-1].id, _PAGE
+            for row, state in zip(page, states, strict=True):
+                yield thread_id, ns, row, writes.get(row.id, []), state
+            if only is not None or len(page) < size:
+                return
+            cursor, size = page[-1].id, _PAGE
+
+    def _page(
+        self, key: str, wanted: CheckpointFilter, cursor: str | None, only: str | None, size: int
+    ) -> builtins.list[CheckpointRow]:
+        if only is None:
+            return self.core.scan(key, wanted, limit=size, cursor=cursor)
+        row = self.core.row(only, key)
+        if row.kind not in LG_KINDS or (cursor is not None and row.id >= cursor):
+            return []
+        if wanted.metadata and not metadata_matches(self.core.describe(row).metadata, wanted.metadata):
+            return []
+        return [row]
 
     # ------------------------------------------------------------ writes
 
