@@ -856,8 +856,10 @@ class CheckpointDomainService:
     def latest(self, thread_id: str, branch: str = DEFAULT_BRANCH) -> Checkpoint | None:
         """The head of a branch, or None when the branch is empty. Raises NotFound."""
         thread_id = validate_id(thread_id, "thread id")
-        head = self.repository.get_branch(thread_id, validate_name(branch, "branch")).head
-        return self.get(head, thread_id) if head else None
+        branch = validate_name(branch, "branch")
+        with self.repository.snapshot():
+            head = self.repository.get_branch(thread_id, branch).head
+            return self.get(head, thread_id) if head else None
 
     def get_state(self, checkpoint_id: str, thread_id: str | None = None) -> dict[str, Any]:
         """Exactly the state that was written, verified against its checksums.
@@ -866,14 +868,16 @@ class CheckpointDomainService:
             NotFound: no such checkpoint.
             IntegrityError: stored bytes no longer match their hash or checksum.
         """
-        return self.materialize(self.row(checkpoint_id, thread_id))
+        with self.repository.snapshot():
+            return self.materialize(self.row(checkpoint_id, thread_id))
 
     def get_with_state(
         self, checkpoint_id: str, thread_id: str | None = None
     ) -> tuple[Checkpoint, dict[str, Any]]:
         """A checkpoint and its state in one read."""
-        row = self.row(checkpoint_id, thread_id)
-        return self._checkpoint(row), self.materialize(row)
+        with self.repository.snapshot():
+            row = self.row(checkpoint_id, thread_id)
+            return self._checkpoint(row), self.materialize(row)
 
     def materialize(self, row: CheckpointRow) -> dict[str, Any]:
         """Decode a stored row's state, verified against its hashes and checksums."""
