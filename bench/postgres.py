@@ -48,6 +48,7 @@ from run import (
     w1_reads,
 )
 from threadline import Serializer, open_store
+from threadline.storage.postgres import parse_url
 
 DEFAULT_URL = os.environ.get("THREADLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -364,18 +365,53 @@ def bench_w3(schemas: Schemas, cfg: Config, targets: list[tuple[str, str, bool]]
     return {"by_depth": {str(d): v for d, v in res.items()}, "analyzed_tables": analyzed}
 
 
+def backend_cpu(pids: list[int]) -> float | None:
+    """CPU seconds used so far by server backends, from /proc (None when the server is not local)."""
+    try:
+        total = 0
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def machine_busy() -> tuple[float, float] | None:
+    """(busy, idle) CPU seconds of the whole machine so far, from /proc/stat (None elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks[:8]) - idle) / hz, idle / hz
+
+
 def conc_worker(url: str, idx: int, puts: int, barrier: Any, queue: Any) -> None:
-    """One writer process: ``puts`` W1-like checkpoints on its own thread."""
+    """One writer process: ``puts`` W1-like checkpoints on its own thread. Also measures its own
+    CPU time and its server backends' (the pool has one connection)."""
     result: dict[str, Any] = {"idx": idx, "lat": [], "errors": [], "start": 0.0, "end": 0.0}
     try:
         gen = TextGen(100 + idx)
-        with open_store(url) as store:
+        app = f"bench-conc-{uuid.uuid4().hex[:8]}"
+        with open_store(f"{url}&application_name={app}&pool_min=1&pool_max=1") as store:
             tid = f"conc-{idx}-{uuid.uuid4().hex[:6]}"
             store.checkpoints.create_thread(tid)
             store.checkpoints.create(tid, {"warm": True})
             messages: list[dict[str, Any]] = []
+            with psycopg.connect(parse_url(url)[0], autocommit=True) as admin:
+                pids = [
+                    r[0]
+                    for r in admin.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app,)
+                    )
+                ]
             barrier.wait()
             result["start"] = time.monotonic()
+            cpu0, server0 = time.process_time(), backend_cpu(pids)
             for step in range(puts):
                 messages.append(gen.message(idx, step))
                 state = chat_state(messages, step)
@@ -383,6 +419,9 @@ def conc_worker(url: str, idx: int, puts: int, barrier: Any, queue: Any) -> None
                 store.checkpoints.create(tid, state)
                 result["lat"].append(time.perf_counter() - t0)
             result["end"] = time.monotonic()
+            result["client_cpu"] = time.process_time() - cpu0
+            server1 = backend_cpu(pids)
+            result["server_cpu"] = server1 - server0 if server0 is not None and server1 is not None else None
     except Exception as exc:  # reported, never hangs the parent
         result["errors"].append(f"{type(exc).__name__}: {exc}")
         result["start"] = result["start"] or time.monotonic()
@@ -396,19 +435,27 @@ def run_conc(url: str, procs: int, puts: int) -> dict[str, Any]:
     barrier = ctx.Barrier(procs)
     queue = ctx.Queue()
     workers = [ctx.Process(target=conc_worker, args=(url, i, puts, barrier, queue)) for i in range(procs)]
+    machine0 = machine_busy()
     for p in workers:
         p.start()
     results = [queue.get(timeout=600) for _ in workers]
+    machine1 = machine_busy()
     for p in workers:
         p.join(timeout=60)
     lat = [x for r in results for x in r["lat"]]
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     out = summarize(lat)
+    servers = [r.get("server_cpu") for r in results]
     out.update(
         {
             "errors": [e for r in results for e in r["errors"]],
             "wall_s": wall,
             "aggregate_puts_per_s": len(lat) / wall if wall else math.nan,
+            "client_cpu_s": sum(r.get("client_cpu", 0.0) for r in results),
+            "server_cpu_s": sum(servers) if None not in servers else None,  # type: ignore[arg-type]
+            # the whole machine during the run (with process start-up): what others took is visible
+            "machine_busy_s": machine1[0] - machine0[0] if machine0 and machine1 else None,
+            "machine_s": sum(machine1) - sum(machine0) if machine0 and machine1 else None,
         }
     )
     return out
@@ -420,6 +467,16 @@ def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["errors"] = [e for r in runs for e in r["errors"]]
     out["wall_s"] = sum(r["wall_s"] for r in runs)
     out["aggregate_puts_per_s"] = sum(r["aggregate_puts_per_s"] * r["wall_s"] for r in runs) / out["wall_s"]
+    out["puts"] = sum(r["aggregate_puts_per_s"] * r["wall_s"] for r in runs)
+    out["client_cpu_s"] = sum(r["client_cpu_s"] for r in runs)
+    servers = [r["server_cpu_s"] for r in runs]
+    out["server_cpu_s"] = sum(servers) if None not in servers else None
+    machine = [(r["machine_busy_s"], r["machine_s"]) for r in runs]
+    out["machine_busy_share"] = (
+        sum(b for b, _ in machine) / sum(t for _, t in machine)
+        if all(b is not None for b, _ in machine)
+        else None
+    )
     return out
 
 
@@ -457,6 +514,45 @@ def bench_conc(schemas: Schemas, cfg: Config, targets: list[tuple[str, str, bool
     ratio = res[f"{procs} processes"]["aggregate_puts_per_s"] / res["1 process"]["aggregate_puts_per_s"]
     ok = not any(r["errors"] for r in res.values())
     console.print(f"{procs} processes / 1 process aggregate puts/s: {ratio:.2f}x ({os.cpu_count()} CPUs)")
+    one = res["1 process"]
+    if one["server_cpu_s"] is not None:
+        # What bounds the scaling: a put costs this much CPU, client and server together; N CPUs
+        # do at most N / that puts per second, whatever the number of writers.
+        cpu_per_put = (one["client_cpu_s"] + one["server_cpu_s"]) / one["puts"]
+        busy = (one["client_cpu_s"] + one["server_cpu_s"]) / one["wall_s"]
+        bound = (os.cpu_count() or 1) / cpu_per_put
+        res["cpu"] = {
+            "client_ms_per_put": one["client_cpu_s"] / one["puts"] * 1e3,
+            "server_ms_per_put": one["server_cpu_s"] / one["puts"] * 1e3,
+            "one_writer_busy_cpus": busy,
+            "bound_puts_per_s": bound,
+            "bound_ratio": bound / one["aggregate_puts_per_s"],
+        }
+        many = res[f"{procs} processes"]
+        if many["server_cpu_s"] is not None:
+            res["cpu"][f"{procs}_writers_busy_cpus"] = (many["client_cpu_s"] + many["server_cpu_s"]) / many[
+                "wall_s"
+            ]
+            res["cpu"][f"{procs}_writers_ms_per_put"] = (
+                (many["client_cpu_s"] + many["server_cpu_s"]) / many["puts"] * 1e3
+            )
+        console.print(
+            f"one writer: {res['cpu']['client_ms_per_put']:.3f} ms of its own CPU and "
+            f"{res['cpu']['server_ms_per_put']:.3f} ms of its server backend's per put, {busy:.2f} CPUs busy; "
+            f"{os.cpu_count()} CPUs allow at most {bound:,.0f} puts/s = {bound / one['aggregate_puts_per_s']:.2f}x "
+            "one writer (if nothing else ran)"
+        )
+        if f"{procs}_writers_busy_cpus" in res["cpu"]:
+            console.print(
+                f"{procs} writers: {res['cpu'][f'{procs}_writers_ms_per_put']:.3f} ms of CPU per put (theirs and "
+                f"their backends'), {res['cpu'][f'{procs}_writers_busy_cpus']:.2f} CPUs busy"
+            )
+    for name, r in res.items():
+        if isinstance(r, dict) and r.get("machine_busy_share") is not None:
+            console.print(
+                f"{name}: the machine's CPUs were {r['machine_busy_share']:.0%} busy during the runs "
+                "(these writers, their backends and everything else)"
+            )
     targets.append(
         (f"CONC PostgreSQL {procs} processes aggregate >= 2x one process", f"{ratio:.2f}", ok and ratio >= 2)
     )
