@@ -3,8 +3,11 @@
 psycopg 3 with a psycopg_pool pool (or a connection or pool you pass in). All
 tables live in one schema (``?schema=name``, default ``threadline``), created
 and migrated on open under ``pg_advisory_xact_lock``. Writes are READ COMMITTED
-transactions sent in pipeline mode: the locks and facts a write depends on in
-one round trip, the rows and the COMMIT in a second.
+transactions. The usual checkpoint write (no new branch, no list to fork) is one
+autocommit statement calling the schema's ``append_checkpoint`` function, which
+takes the locks, checks, inserts and moves the head on the server; the other
+writes are sent in pipeline mode: the locks and facts a write depends on in one
+round trip, the rows and the COMMIT in a second.
 
 Row locks keep the contract across processes: a writer locks its branch row
 ``FOR UPDATE`` (head read and moved in one transaction) and its thread row
