@@ -142,6 +142,12 @@ class _ListCache:
     objects: list[Any] | None = None
 
 
+@functools.lru_cache(maxsize=4096)
+def _state_path(key: str) -> str:
+    """How error messages name a state key: ``state['key']``."""
+    return f"state[{key!r}]"
+
+
 def _extend_runs(runs: Sequence[ItemRun], items: Sequence[bytes]) -> tuple[ItemRun, ...]:
     """``runs`` followed by item encodings, the last run filled up to about RUN_BYTES bytes."""
     out = list(runs)
@@ -470,17 +476,33 @@ class CheckpointDomainService:
             if ttl <= timedelta(0):
                 raise InvalidInput(f"ttl must be positive, got {ttl}")
             expires = created + int(ttl.total_seconds() * 1_000_000)
-        header = self._encode_header(
-            title=_opt_str(title, "title"),
-            description=_opt_str(description, "description"),
-            tags=_check_tags(tags),
-            metadata=dict(check_metadata(metadata or {})),
-            error_message=error_message,
-            error_type=error_type,
-            restored_from=restored_from,
-            sync_point=sync_point,
-            origin=dict(origin) if origin else None,
-        )
+        if (
+            title is None
+            and description is None
+            and not tags
+            and not metadata
+            and error_message is None
+            and error_type is None
+            and restored_from is None
+            and sync_point is None
+            and not origin
+            and self.serializer.keyring is None
+            and (tags == () or isinstance(tags, list | tuple))
+            and (metadata is None or isinstance(metadata, Mapping))
+        ):
+            header = _EMPTY_HEADER  # the usual write: nothing to check or encode
+        else:
+            header = self._encode_header(
+                title=_opt_str(title, "title"),
+                description=_opt_str(description, "description"),
+                tags=_check_tags(tags),
+                metadata=dict(check_metadata(metadata or {})),
+                error_message=error_message,
+                error_type=error_type,
+                restored_from=restored_from,
+                sync_point=sync_point,
+                origin=dict(origin) if origin else None,
+            )
         create_branch = create_branch_from is not UNSET
         parent_for_branch = (
             validate_checkpoint_id(create_branch_from)
@@ -645,8 +667,9 @@ class CheckpointDomainService:
         carried: set[bytes] = set()
         logical = 0
         parent_manifest = parent.manifest if parent else {}
+        dumps, pack, max_value = self.serializer.dumps, self.serializer.pack, self.max_value_bytes
         for key, value in state.items():
-            path = f"state[{key!r}]"
+            path = _state_path(key)
             old = parent_manifest.get(key)
             if type(value) is list and len(value) >= self.list_min_items:
                 ref, append, entry = self._plan_list(value, path, old)
@@ -656,10 +679,11 @@ class CheckpointDomainService:
                     lists.append(append)
                     bodies[key] = entry
                 continue
-            data = self.serializer.dumps(value, path=path)
-            self._check_value_size(data, path)
+            data = dumps(value, path=path)
+            if max_value is not None:
+                self._check_value_size(data, path)
             logical += len(data)
-            framed = self.serializer.pack(data)
+            framed = pack(data)
             if len(framed) <= self.inline_limit:
                 manifest[key] = InlineRef(framed)
                 continue

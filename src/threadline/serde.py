@@ -741,8 +741,10 @@ class Serializer:
     def pack(self, data: bytes, *, encrypt: bool = True) -> bytes:
         """Frame ``data`` for storage: zstd-compressed when long enough and it saves >= 10%,
         then encrypted with the key ring's active key when there is one (and ``encrypt``)."""
-        flag, payload = FLAG_RAW, data
         threshold = self.compress_threshold
+        if self.keyring is None and (threshold is None or len(data) < threshold):
+            return b"\x00" + data  # FLAG_RAW: the usual small value
+        flag, payload = FLAG_RAW, data
         if threshold is not None and len(data) >= threshold:
             compressed: bytes = self._compressor().compress(data)
             if len(compressed) <= len(data) * _MIN_SAVING:
