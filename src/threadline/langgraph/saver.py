@@ -260,6 +260,22 @@ def _unescape(key: str) -> str:
     return key[1:] if key.startswith("~") else key
 
 
+_PutArgs = tuple[str, str, str | None, LGCheckpoint, dict[str, Any]]
+
+
+def _put_args(config: RunnableConfig, checkpoint: LGCheckpoint, metadata: CheckpointMetadata) -> _PutArgs:
+    """(thread id, namespace, parent checkpoint id, checkpoint, metadata) of a put."""
+    conf = config["configurable"]
+    meta = dict(get_serializable_checkpoint_metadata(config, metadata))
+    return conf["thread_id"], conf.get("checkpoint_ns", ""), conf.get("checkpoint_id"), checkpoint, meta
+
+
+def _written(args: _PutArgs) -> RunnableConfig:
+    """The config LangGraph gets back from a put."""
+    thread_id, ns, _, checkpoint, _ = args
+    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
+
+
 def _pack_ts(ts: Any) -> Any:
     """ISO timestamps that round-trip exactly are stored as datetimes (12 bytes, not 32)."""
     if isinstance(ts, str):
@@ -567,13 +583,9 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
     ) -> RunnableConfig:
         """Store a checkpoint as the child of ``config``'s checkpoint (a fork when that one
         is not the head of its branch any more)."""
-        conf = config["configurable"]
-        thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
-        meta = dict(get_serializable_checkpoint_metadata(config, metadata))
-        self.write_checkpoint(thread_id, ns, conf.get("checkpoint_id"), checkpoint, meta)
-        return {
-            "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}
-        }
+        args = _put_args(config, checkpoint, metadata)
+        self.write_checkpoint(*args)
+        return _written(args)
 
     async def aput(
         self,
@@ -584,17 +596,12 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
     ) -> RunnableConfig:
         """:meth:`put`, committed by the saver's writer thread together with the other async
         puts waiting for it (group commit: one transaction and one fsync for all of them)."""
-        conf = config["configurable"]
-        thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
-        meta = dict(get_serializable_checkpoint_metadata(config, metadata))
+        args = _put_args(config, checkpoint, metadata)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
-        args = (thread_id, ns, conf.get("checkpoint_id"), checkpoint, meta)
-        self._writer.submit(_Job(thread_key(thread_id, ns), args, loop, future))
+        self._writer.submit(_Job(thread_key(args[0], args[1]), args, loop, future))
         await future
-        return {
-            "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}
-        }
+        return _written(args)
 
     def write_checkpoint(
         self,
@@ -666,7 +673,11 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
                         self._last[p.key] = (row.id, row.branch)
                     outcomes = [True] * len(puts)
             if not outcomes:
-                outcomes = [self._outcome(self._create, p) for p in puts]
+                for p in puts:
+                    try:
+                        outcomes.append(self._create(p))
+                    except Exception as exc:
+                        outcomes.append(exc)
         finally:
             for i, p in enumerate(puts):
                 with self._lock:
@@ -679,13 +690,6 @@ class ThreadlineSaver(BaseCheckpointSaver[int]):
                         if i < len(outcomes) and not isinstance(outcomes[i], Exception):
                             outcomes[i] = exc
         return outcomes
-
-    @staticmethod
-    def _outcome(fn: Callable[[_Put], bool], put: _Put) -> bool | Exception:
-        try:
-            return fn(put)
-        except Exception as exc:
-            return exc
 
     def _create(self, p: _Put) -> bool:
         """Append to the branch the put continues; fork when it moved on (or has no head to
