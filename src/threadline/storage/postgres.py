@@ -106,9 +106,11 @@ _EXTERNAL = "ALTER TABLE {s}.%s ALTER COLUMN %s SET STORAGE EXTERNAL"  # framed 
 #: round trips of six statements, for writes that create no branch and fork no list (the usual
 #: put). The same locks (branch FOR UPDATE, thread FOR KEY SHARE, blobs referenced FOR KEY SHARE,
 #: lists appended to FOR NO KEY UPDATE, lists built on FOR KEY SHARE) and the same checks in the
-#: same order. Errors are raised with SQLSTATEs of class TL that the client maps back to
-#: threadline's exceptions (``_fast_error``); TLF01 asks the client to run the general path
-#: instead (a list to fork, a list of another thread, a generated id to move after the head).
+#: same order; the blobs are locked before the lists (the general path locks them after), which
+#: no other writer or collector waits on in the opposite order for a list of this thread, and a
+#: deadlock would be retried anyway. Errors are raised with SQLSTATEs of class TL that the client
+#: maps back to threadline's exceptions (``_fast_error``); TLF01 asks the client to run the general
+#: path instead (a list to fork, a list of another thread, a generated id to move after the head).
 #: Blobs the manifest shares with the planned parent are known to exist and to be recorded for
 #: the thread while that parent is the head: the client sends the blobs to check and to record
 #: both with and without them, and the function picks. The usual put of a growing chat runs five
