@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import operator
 import os
 import signal
@@ -111,6 +112,31 @@ async def test_chat_async(make_saver: Callable[[], ThreadlineSaver]) -> None:
             out.append(await graph.ainvoke({"messages": [HumanMessage(f"hi {i}", id=f"h-{i}")]}, config))
         history = [h.values async for h in graph.aget_state_history(config)]
         return out, (await graph.aget_state(config)).values, history
+
+    assert await run(make_saver()) == await run(InMemorySaver())
+
+
+async def test_concurrent_async_graphs(make_saver: Callable[[], ThreadlineSaver]) -> None:
+    """Eight graphs on distinct threads at once: their puts are committed in shared batches
+    by the saver's writer thread, while their pending writes arrive alongside."""
+
+    async def run(saver: BaseCheckpointSaver[Any]) -> Any:
+        chat, ask = chat_graph(saver), ask_graph(saver)
+
+        async def talk(k: int) -> Any:
+            config = {"configurable": {"thread_id": f"c{k}"}}
+            for i in range(4):
+                await chat.ainvoke({"messages": [HumanMessage(f"hi {i} from {k}", id=f"h-{k}-{i}")]}, config)
+            history = [(h.values, h.next) async for h in chat.aget_state_history(config)]
+            return (await chat.aget_state(config)).values, history
+
+        async def question(k: int) -> Any:
+            config = {"configurable": {"thread_id": f"q{k}"}}
+            await ask.ainvoke({"question": f"q{k}", "log": []}, config)
+            await ask.ainvoke(Command(resume=f"a{k}"), config)
+            return (await ask.aget_state(config)).values
+
+        return await asyncio.gather(*(talk(k) for k in range(6)), *(question(k) for k in range(2)))
 
     assert await run(make_saver()) == await run(InMemorySaver())
 
