@@ -55,13 +55,19 @@ class TestPostgres(StoreConformance):
         }
 
 
+def general_path_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every write on the general path, as before schema version 5 (no ``append_checkpoint``)."""
+    monkeypatch.setattr(PostgresRepository, "_append_fast", lambda self, write, expected: None)
+    monkeypatch.setattr(PostgresRepository, "_append_fast_many", lambda self, writes: None)
+
+
 class TestPostgresGeneralPath(TestPostgres):
     """The suite again with every write on the general path, which the server-side
     ``append_checkpoint`` leaves some writes to (forks of lists, branch creation, several at once)."""
 
     @pytest.fixture
     def store_factory(self, postgres_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch) -> StoreFactory:
-        monkeypatch.setattr(PostgresRepository, "_append_fast", lambda self, write, expected: None)
+        general_path_only(monkeypatch)
         return postgres_factory
 
 
@@ -253,7 +259,7 @@ def test_version_3_store_migrates_and_keeps_its_values(
         m.setattr(pg, "MIGRATIONS", pg.MIGRATIONS[:3])
         m.setattr(pg, "SCHEMA_VERSION", 3)
         m.setattr(pg, "_pack", lambda data: data)
-        m.setattr(PostgresRepository, "_append_fast", lambda self, write, expected: None)
+        general_path_only(m)
         with open_store(schema_url) as old:
             assert repo_of(old).schema_version() == 3
             old.checkpoints.create_thread("t")
@@ -277,7 +283,7 @@ def test_version_4_store_migrates_to_the_append_function(
     with monkeypatch.context() as m:  # what threadline wrote before version 5: no server function
         m.setattr(pg, "MIGRATIONS", pg.MIGRATIONS[:4])
         m.setattr(pg, "SCHEMA_VERSION", 4)
-        m.setattr(PostgresRepository, "_append_fast", lambda self, write, expected: None)
+        general_path_only(m)
         with open_store(schema_url) as old:
             assert repo_of(old).schema_version() == 4
             assert not repo_of(old)._query("SELECT to_regproc('{s}.append_checkpoint') IS NOT NULL")[0][0]
@@ -516,6 +522,44 @@ def test_sync_point_writes_all_or_nothing(postgres_factory: StoreFactory) -> Non
     assert stored.members == (("a", rows[0].id), ("b", rows[1].id))
 
 
+def test_several_writes_in_one_call_are_one_transaction_of_server_calls(
+    postgres_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = postgres_factory()
+    cps = store.checkpoints
+    for t in "abc":
+        cps.create_thread(t)
+    first = {t: cps.create(t, {"msgs": [message(0)], "n": 0}) for t in "abc"}
+    calls: list[int] = []
+    real = PostgresRepository._append_fast_many
+
+    def counted(self: PostgresRepository, writes: Any) -> Any:
+        rows = real(self, writes)
+        calls.append(len(writes) if rows is not None else 0)
+        return rows
+
+    monkeypatch.setattr(PostgresRepository, "_append_fast_many", counted)
+    later = {"msgs": [message(0), message(1)], "n": 1}
+    rows = cps.create_many([{"thread_id": t, "state": later, "expected_head": first[t].id} for t in "cab"])
+    assert calls == [3], "the server-side calls stored all three"
+    assert [(r.thread_id, r.parent_id) for r in rows] == [(t, first[t].id) for t in "cab"]
+    assert all(cps.get_state(r.id) == later for r in rows)
+    # One refused write: nothing of the batch is stored, and the error is the general path's.
+    with pytest.raises(Conflict, match="branch 'main' of thread 'b' moved"):
+        cps.create_many(
+            [
+                {"thread_id": "a", "state": {**later, "n": 2}, "expected_head": rows[1].id},
+                {"thread_id": "b", "state": {**later, "n": 2}, "expected_head": first["b"].id},
+            ]
+        )
+    assert calls[-1] == 0
+    assert [cps.latest(t).id for t in "cab"] == [r.id for r in rows]  # type: ignore[union-attr]
+    # Two writes on one branch: the second continues the first (its list is forked by the general path).
+    two = cps.create_many([{"thread_id": "a", "state": {**later, "n": n}} for n in (3, 4)])
+    assert two[1].parent_id == two[0].id and two[0].parent_id == rows[1].id
+    assert cps.get_state(two[1].id) == {**later, "n": 4}
+
+
 def test_cleanup_of_one_thread_never_waits_on_writers_of_another(
     postgres_factory: StoreFactory, admin: psycopg.Connection[Any]
 ) -> None:
@@ -610,7 +654,7 @@ def test_connection_killed_while_committing(
     The one-statement write finds out which on a new connection and stores it then; a write of the
     general path (several checkpoints, a new branch, a forked list) says it cannot know."""
     if path == "general":
-        monkeypatch.setattr(PostgresRepository, "_append_fast", lambda self, write, expected: None)
+        general_path_only(monkeypatch)
     store = postgres_factory()
     repo, cps = repo_of(store), store.checkpoints
     cps.create_thread("t")

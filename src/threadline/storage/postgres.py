@@ -2002,13 +2002,10 @@ class PostgresRepository(CheckpointRepository):
         + ")"
     )
 
-    def _append_fast(self, write: CheckpointWrite, expected_head: str | Any | None) -> CheckpointRow | None:
-        """One write by one statement, the server-side ``append_checkpoint`` in autocommit; None
-        when the write needs the general path (:meth:`_append_one`).
-
-        When the connection is lost during the statement, its outcome is resolved on a new connection
-        (``resolve``): the write is found stored, or stored then (in a transaction).
-        """
+    @staticmethod
+    def _fast_args(write: CheckpointWrite, expected_head: str | Any | None) -> tuple[Any, ...] | None:
+        """The arguments of ``append_checkpoint`` for a write (the encoded manifest is the 17th);
+        None when the write needs the general path (:meth:`_append_one`)."""
         if write.create_branch or any(la.base is not None for la in write.lists):
             return None
         lists = sorted(write.lists, key=lambda la: la.list_id)
@@ -2075,6 +2072,39 @@ class PostgresRepository(CheckpointRepository):
             _ints(i for i, _ in refs),
             _ints(n for _, n in refs),
         )
+        return args
+
+    @staticmethod
+    def _fast_row(write: CheckpointWrite, parent: str | None, stored: int) -> CheckpointRow:
+        return CheckpointRow(
+            id=write.id,
+            thread_id=write.thread_id,
+            branch=write.branch,
+            parent_id=parent,
+            merge_parent_id=write.merge_parent_id,
+            kind=write.kind,
+            status=STATUSES_BY_CODE[0],
+            created_at=write.created_at,
+            expires_at=write.expires_at,
+            restore_count=0,
+            logical_size=write.logical_size,
+            stored_size=stored,
+            header=write.header,
+            manifest=write.manifest,
+            milestone=write.milestone,
+        )
+
+    def _append_fast(self, write: CheckpointWrite, expected_head: str | Any | None) -> CheckpointRow | None:
+        """One write by one statement, the server-side ``append_checkpoint`` in autocommit; None
+        when the write needs the general path (:meth:`_append_one`).
+
+        When the connection is lost during the statement, its outcome is resolved on a new connection
+        (``resolve``): the write is found stored, or stored then (in a transaction).
+        """
+        args = self._fast_args(write, expected_head)
+        if args is None:
+            return None
+        manifest_bytes = args[16]
 
         def call(c: Conn) -> tuple[str | None, int]:
             try:
@@ -2104,23 +2134,35 @@ class PostgresRepository(CheckpointRepository):
             )
         except _GeneralPath:
             return None
-        return CheckpointRow(
-            id=write.id,
-            thread_id=write.thread_id,
-            branch=write.branch,
-            parent_id=parent,
-            merge_parent_id=write.merge_parent_id,
-            kind=write.kind,
-            status=STATUSES_BY_CODE[0],
-            created_at=write.created_at,
-            expires_at=write.expires_at,
-            restore_count=0,
-            logical_size=write.logical_size,
-            stored_size=total,
-            header=write.header,
-            manifest=write.manifest,
-            milestone=write.milestone,
-        )
+        return self._fast_row(write, parent, total)
+
+    def _append_fast_many(
+        self, writes: Sequence[tuple[CheckpointWrite, str | Any | None]]
+    ) -> list[CheckpointRow] | None:
+        """Several writes in one transaction, one ``append_checkpoint`` call each, all in one
+        pipeline (group commit: one round trip and one WAL flush for all). None when one of them
+        needs the general path or was refused: the general path then stores them, or raises the
+        exception with its full message. The calls run in (thread, branch) order, so two such
+        writes lock branch rows in the same order and cannot deadlock on them."""
+        calls = [self._fast_args(w, e) for w, e in writes]
+        if any(a is None for a in calls):
+            return None
+        order = sorted(range(len(writes)), key=lambda i: (writes[i][0].thread_id, writes[i][0].branch, i))
+
+        def op(c: Conn) -> dict[int, tuple[str | None, int]]:
+            cursors = [(i, self._x(c, self.APPEND_SQL, calls[i])) for i in order]
+            try:
+                return {i: (row[0], row[1]) for i, cur in cursors for row in [_first(cur)]}
+            except psycopg.Error as exc:
+                if exc.sqlstate is None or not exc.sqlstate.startswith("TL"):
+                    raise
+                raise _GeneralPath() from None
+
+        try:
+            results = self._write(op)
+        except _GeneralPath:
+            return None
+        return [self._fast_row(w, *results[i]) for i, (w, _) in enumerate(writes)]
 
     @staticmethod
     def _fast_error(exc: psycopg.Error, write: CheckpointWrite, expected_head: str | Any | None) -> Exception:
@@ -2154,10 +2196,13 @@ class PostgresRepository(CheckpointRepository):
         *,
         sync_point: SyncPointRow | None = None,
     ) -> list[CheckpointRow]:
-        if len(writes) == 1 and sync_point is None:
-            row = self._append_fast(*writes[0])
-            if row is not None:
-                return [row]
+        if sync_point is None:
+            if len(writes) == 1:
+                row = self._append_fast(*writes[0])
+                if row is not None:
+                    return [row]
+            elif (rows := self._append_fast_many(writes)) is not None:
+                return rows
         # Several branches are locked in one fixed order, so that two multi-thread writes cannot deadlock.
         order = sorted(range(len(writes)), key=lambda i: (writes[i][0].thread_id, writes[i][0].branch, i))
 
