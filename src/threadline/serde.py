@@ -817,10 +817,15 @@ class Serializer:
         return ormsgpack.Ext(EXT_OBJECT, registration.prefix + pack(data, path))
 
     def _decode_ext(self, code: int, payload: bytes, unpack: Callable[[bytes], Any]) -> Any:
+        if code == EXT_OBJECT:  # the common case (registered objects: messages, models)
+            items = unpack(payload)
+            if type(items) is not list:
+                raise ValueError(f"extension {code} payload is not an array")
+            return self._rebuild(items)
         atomic = _ATOMIC_DECODERS.get(code)
         if atomic is not None:
             return atomic(payload)
-        if code in (EXT_TUPLE, EXT_SET, EXT_FROZENSET, EXT_DICT, EXT_OBJECT):
+        if code in (EXT_TUPLE, EXT_SET, EXT_FROZENSET, EXT_DICT):
             items = unpack(payload)
             if type(items) is not list:
                 raise ValueError(f"extension {code} payload is not an array")
@@ -830,10 +835,8 @@ class Serializer:
                 return set(items)
             if code == EXT_FROZENSET:
                 return frozenset(items)
-            if code == EXT_DICT:
-                pairs = iter(items)
-                return dict(zip(pairs, pairs, strict=True))
-            return self._rebuild(items)
+            pairs = iter(items)  # EXT_DICT
+            return dict(zip(pairs, pairs, strict=True))
         raise SerializationError(f"unknown extension code {code}: written by a newer threadline or corrupt")
 
     def _rebuild(self, items: list[Any]) -> Any:
