@@ -150,6 +150,8 @@ def _state_path(key: str) -> str:
 
 def _extend_runs(runs: Sequence[ItemRun], items: Sequence[bytes]) -> tuple[ItemRun, ...]:
     """``runs`` followed by item encodings, the last run filled up to about RUN_BYTES bytes."""
+    if runs and len(items) == 1 and runs[-1].size < RUN_BYTES:  # the usual append of one item
+        return (*runs[:-1], runs[-1].extended(items))
     out = list(runs)
     i = 0
     if out and out[-1].size < RUN_BYTES:
