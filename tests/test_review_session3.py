@@ -1,7 +1,7 @@
 """Review of session 3's changes to the core (list runs, header fast path, id caches) and to
 SQLite (read snapshots, schema version 4, lazy group-commit events).
 
-Tests marked xfail(strict=True) demonstrate bugs found in the review; the others pin risks
+The "fixed bugs" sections hold the bugs the review found (fixed since); the others pin risks
 that were checked and found handled."""
 
 from __future__ import annotations
@@ -33,15 +33,9 @@ def _ext(store: Store, *items: Any) -> ormsgpack.Ext:
     return ormsgpack.Ext(EXT_TUPLE, store.serializer.dumps(list(items)))
 
 
-# ---------------------------------------------------------------- lists: bugs
+# ---------------------------------------------------------------- lists: fixed bugs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_plan_list reads value[0] before checking the list is non-empty: with "
-    "list_min_items=0 an empty list written after a stored list raises IndexError "
-    "(before today it was stored as the first 0 items of the parent's list)",
-)
 def test_an_empty_list_after_a_stored_list_with_list_min_items_0(url: str) -> None:
     with open_store(url, list_min_items=0) as store:
         cps = store.checkpoints
@@ -206,16 +200,9 @@ def test_header_fast_path_still_rejects_bad_tags_and_metadata(url: str) -> None:
         assert cps.latest("t") is None
 
 
-# ---------------------------------------------------------------- SQLite snapshots: bugs
+# ---------------------------------------------------------------- SQLite snapshots: fixed bugs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="storage_bytes()/reclaim_space() run wal_checkpoint(TRUNCATE) on the thread's own "
-    "connection: inside snapshot() it fails with SQLITE_LOCKED, which _retry takes for "
-    "BUSY and retries until its 60 s deadline, then raises 'database table is locked' "
-    "instead of refusing at once like a write inside a snapshot",
-)
 def test_storage_bytes_inside_a_snapshot_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from threadline.storage import sqlite as sqlite_backend
 

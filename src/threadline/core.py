@@ -673,7 +673,7 @@ class CheckpointDomainService:
         for key, value in state.items():
             path = _state_path(key)
             old = parent_manifest.get(key)
-            if type(value) is list and len(value) >= self.list_min_items:
+            if type(value) is list and len(value) >= self.list_min_items and value:  # [] is a plain value
                 ref, append, entry = self._plan_list(value, path, old)
                 manifest[key] = ref
                 logical += entry.size + len(array_header(len(value)))

@@ -481,8 +481,7 @@ class SQLiteRepository(CheckpointRepository):
             with self._shared_lock:
                 result: R = self._run_batch([_Pending(fn)], self._shared)[0].value()
                 return result
-        if self._conn().in_transaction:
-            raise StorageError(f"{self.url}: a write inside a read snapshot (snapshot()) of the same thread")
+        self._refuse_in_snapshot("a write")
         item = _Pending(fn)
         with self._group_lock:
             lead = not self._leading
@@ -2115,11 +2114,18 @@ class SQLiteRepository(CheckpointRepository):
 
         return self._write(op)
 
+    def _refuse_in_snapshot(self, what: str) -> None:
+        """Raise StorageError when this thread's connection holds a read snapshot open (its
+        own transaction would block the work forever, not just for a while)."""
+        if self._shared is None and self._conn().in_transaction:
+            raise StorageError(f"{self.url}: {what} inside a read snapshot (snapshot()) of the same thread")
+
     def _truncate_wal(self, conn: sqlite3.Connection) -> None:
         """Checkpoint the whole WAL and truncate it. The pragma reports a checkpoint it could
         not finish (another connection, such as the background checkpointer, is running one,
         or a reader still needs old pages) in its result instead of raising: try again for a
         few seconds, then leave the rest to later checkpoints."""
+        self._refuse_in_snapshot("a WAL checkpoint (storage_bytes, reclaim_space)")
         deadline = time.monotonic() + 5.0
         while True:
             row = self._retry(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
