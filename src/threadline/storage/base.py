@@ -142,6 +142,29 @@ class CheckpointWrite:
     #: exist and to be recorded for the thread: a backend may skip checking them.
     carried_blobs: frozenset[bytes] = frozenset()
 
+    def stored_row(
+        self, checkpoint_id: str, parent_id: str | None, stored_size: int, manifest: Manifest
+    ) -> CheckpointRow:
+        """The row of this write once stored under ``checkpoint_id`` after ``parent_id``
+        (active, never restored), with the manifest as the backend stored it."""
+        return CheckpointRow(
+            id=checkpoint_id,
+            thread_id=self.thread_id,
+            branch=self.branch,
+            parent_id=parent_id,
+            merge_parent_id=self.merge_parent_id,
+            kind=self.kind,
+            status=CheckpointStatus.ACTIVE,
+            created_at=self.created_at,
+            expires_at=self.expires_at,
+            restore_count=0,
+            logical_size=self.logical_size,
+            stored_size=stored_size,
+            header=self.header,
+            manifest=manifest,
+            milestone=self.milestone,
+        )
+
 
 _UNSET: Any = object()
 UNSET: Final[Any] = _UNSET

@@ -655,23 +655,7 @@ class MemoryRepository(CheckpointRepository):
             if digest not in self._blobs:
                 stored += len(data)
         stored += len(manifest_bytes) + len(write.header)
-        row = CheckpointRow(
-            id=new_id,
-            thread_id=write.thread_id,
-            branch=write.branch,
-            parent_id=parent,
-            merge_parent_id=write.merge_parent_id,
-            kind=write.kind,
-            status=CheckpointStatus.ACTIVE,
-            created_at=write.created_at,
-            expires_at=write.expires_at,
-            restore_count=0,
-            logical_size=write.logical_size,
-            stored_size=stored,
-            header=write.header,
-            manifest=manifest,
-            milestone=write.milestone,
-        )
+        row = write.stored_row(new_id, parent, stored, manifest)
         # Apply, recording how to undo it (a later write of the same batch may fail).
         added_blobs = [d for d in carried_blobs if d not in self._blobs]
         old_thread_blobs = set(thread.blobs)

@@ -1953,23 +1953,7 @@ class PostgresRepository(CheckpointRepository):
                 (tkey, _u(write.restored_from)),
             )
         self._run_deferred(c, deferred)
-        return CheckpointRow(
-            id=new_id,
-            thread_id=write.thread_id,
-            branch=write.branch,
-            parent_id=parent,
-            merge_parent_id=write.merge_parent_id,
-            kind=write.kind,
-            status=STATUSES_BY_CODE[0],
-            created_at=write.created_at,
-            expires_at=write.expires_at,
-            restore_count=0,
-            logical_size=write.logical_size,
-            stored_size=stored,
-            header=write.header,
-            manifest=manifest,
-            milestone=write.milestone,
-        )
+        return write.stored_row(new_id, parent, stored, manifest)
 
     #: The parameters are strings, integers and bytes only: psycopg dumps a Python list or UUID in
     #: Python code (~5 us each, ~100 us for this call), a string in C. Arrays go as text literals,
@@ -2076,23 +2060,7 @@ class PostgresRepository(CheckpointRepository):
 
     @staticmethod
     def _fast_row(write: CheckpointWrite, parent: str | None, stored: int) -> CheckpointRow:
-        return CheckpointRow(
-            id=write.id,
-            thread_id=write.thread_id,
-            branch=write.branch,
-            parent_id=parent,
-            merge_parent_id=write.merge_parent_id,
-            kind=write.kind,
-            status=STATUSES_BY_CODE[0],
-            created_at=write.created_at,
-            expires_at=write.expires_at,
-            restore_count=0,
-            logical_size=write.logical_size,
-            stored_size=stored,
-            header=write.header,
-            manifest=write.manifest,
-            milestone=write.milestone,
-        )
+        return write.stored_row(write.id, parent, stored, write.manifest)
 
     def _append_fast(self, write: CheckpointWrite, expected_head: str | Any | None) -> CheckpointRow | None:
         """One write by one statement, the server-side ``append_checkpoint`` in autocommit; None

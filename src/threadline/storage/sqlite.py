@@ -1573,23 +1573,7 @@ class SQLiteRepository(CheckpointRepository):
                 raise NotFound(
                     f"checkpoint {write.restored_from} does not exist in thread {write.thread_id!r}"
                 )
-        return CheckpointRow(
-            id=new_id,
-            thread_id=write.thread_id,
-            branch=write.branch,
-            parent_id=parent,
-            merge_parent_id=write.merge_parent_id,
-            kind=write.kind,
-            status=STATUSES_BY_CODE[0],
-            created_at=write.created_at,
-            expires_at=write.expires_at,
-            restore_count=0,
-            logical_size=write.logical_size,
-            stored_size=stored,
-            header=write.header,
-            manifest=manifest,
-            milestone=write.milestone,
-        )
+        return write.stored_row(new_id, parent, stored, manifest)
 
     def append_checkpoints(
         self,
