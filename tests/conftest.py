@@ -37,6 +37,42 @@ def sqlite_factory(tmp_path: Path) -> Iterator[StoreFactory]:
         yield factory
 
 
+def sqlite_back_to_schema_3(path: str | Path) -> None:
+    """Rewrite a SQLite store as threadline's schema version 3 left it: checkpoints keyed by
+    (id, tkey) with a per-thread index (version 4 clusters them by thread)."""
+    columns = (
+        "id, tkey, bkey, parent, merge_parent, kind, status, created_at, expires_at, "
+        "restore_count, logical_size, stored_size, milestone, header, manifest"
+    )
+    conn = sqlite3.connect(str(path))
+    try:
+        conn.executescript(
+            f"""
+            BEGIN;
+            CREATE TABLE v3 AS SELECT {columns} FROM checkpoints;
+            DROP TABLE checkpoints;
+            CREATE TABLE checkpoints (
+                id BLOB NOT NULL, tkey INTEGER NOT NULL, bkey INTEGER NOT NULL, parent BLOB,
+                merge_parent BLOB, kind INTEGER NOT NULL, status INTEGER NOT NULL DEFAULT 0,
+                created_at INTEGER NOT NULL, expires_at INTEGER,
+                restore_count INTEGER NOT NULL DEFAULT 0, logical_size INTEGER NOT NULL,
+                stored_size INTEGER NOT NULL, milestone TEXT, header BLOB NOT NULL,
+                manifest BLOB NOT NULL, PRIMARY KEY (id, tkey)
+            ) WITHOUT ROWID;
+            INSERT INTO checkpoints SELECT * FROM v3;
+            DROP TABLE v3;
+            CREATE INDEX checkpoints_by_thread ON checkpoints (tkey, id);
+            CREATE UNIQUE INDEX checkpoints_milestone ON checkpoints (tkey, milestone)
+                WHERE milestone IS NOT NULL;
+            CREATE INDEX checkpoints_expiry ON checkpoints (expires_at) WHERE expires_at IS NOT NULL;
+            UPDATE threadline_meta SET value = '3' WHERE key = 'schema_version';
+            COMMIT;
+            """
+        )
+    finally:
+        conn.close()
+
+
 def sqlite_counts(path: str | Path) -> dict[str, int]:
     """Rows of every table of a SQLite store, read with a separate connection."""
     conn = sqlite3.connect(str(path))

@@ -18,6 +18,7 @@ from typing import Any
 import ormsgpack
 import pytest
 
+from conftest import sqlite_back_to_schema_3
 from threadline import Store, open_store
 from threadline.errors import AlreadyExists, InvalidInput, StorageError
 from threadline.serde import EXT_TUPLE, FLAG_ENCRYPTED
@@ -309,30 +310,6 @@ def test_a_write_refused_inside_a_snapshot_stores_nothing_and_leaves_caches_usab
 # ---------------------------------------------------------------- schema version 4
 
 
-_V3_SCRIPT = """
-BEGIN;
-CREATE TABLE v3 AS SELECT {columns} FROM checkpoints;
-DROP TABLE checkpoints;
-CREATE TABLE checkpoints (
-    id BLOB NOT NULL, tkey INTEGER NOT NULL, bkey INTEGER NOT NULL, parent BLOB,
-    merge_parent BLOB, kind INTEGER NOT NULL, status INTEGER NOT NULL DEFAULT 0,
-    created_at INTEGER NOT NULL, expires_at INTEGER, restore_count INTEGER NOT NULL DEFAULT 0,
-    logical_size INTEGER NOT NULL, stored_size INTEGER NOT NULL, milestone TEXT,
-    header BLOB NOT NULL, manifest BLOB NOT NULL, PRIMARY KEY (id, tkey)
-) WITHOUT ROWID;
-INSERT INTO checkpoints SELECT * FROM v3;
-DROP TABLE v3;
-CREATE INDEX checkpoints_by_thread ON checkpoints (tkey, id);
-CREATE UNIQUE INDEX checkpoints_milestone ON checkpoints (tkey, milestone) WHERE milestone IS NOT NULL;
-CREATE INDEX checkpoints_expiry ON checkpoints (expires_at) WHERE expires_at IS NOT NULL;
-UPDATE threadline_meta SET value = '3' WHERE key = 'schema_version';
-COMMIT;
-"""
-_COLUMNS = (
-    "id, tkey, bkey, parent, merge_parent, kind, status, created_at, expires_at, "
-    "restore_count, logical_size, stored_size, milestone, header, manifest"
-)
-
 _OPENER = """
 import sys
 from threadline import open_store
@@ -356,9 +333,7 @@ def test_old_store_opened_by_several_processes_at_once_is_migrated_once(tmp_path
                 cp = cps.create(f"t{t}", state, ttl=timedelta(days=1) if i % 2 else None)
                 written[cp.id] = state
             cps.create(f"t{t}", {"m": t}, kind="milestone", milestone="m1")
-    conn = sqlite3.connect(path)
-    conn.executescript(_V3_SCRIPT.format(columns=_COLUMNS))
-    conn.close()
+    sqlite_back_to_schema_3(path)
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _OPENER, f"sqlite:///{path}"],

@@ -12,7 +12,7 @@ from typing import Any
 import ormsgpack
 import pytest
 
-from conftest import sqlite_counts
+from conftest import sqlite_back_to_schema_3, sqlite_counts
 from threadline import (
     AlreadyExists,
     IntegrityError,
@@ -128,33 +128,7 @@ def test_a_version_3_store_is_migrated_with_every_checkpoint_kept(tmp_path: Path
         store.checkpoints.create_thread("u")
         other = store.checkpoints.create("u", {"k": "v"}, kind="milestone", milestone="m1").id
         expected = [c.id for c in store.checkpoints.iter("t")]
-    columns = (
-        "id, tkey, bkey, parent, merge_parent, kind, status, created_at, expires_at, "
-        "restore_count, logical_size, stored_size, milestone, header, manifest"
-    )
-    conn = sqlite3.connect(path)
-    conn.executescript(
-        f"""
-        BEGIN;
-        CREATE TABLE v3 AS SELECT {columns} FROM checkpoints;
-        DROP TABLE checkpoints;
-        CREATE TABLE checkpoints (
-            id BLOB NOT NULL, tkey INTEGER NOT NULL, bkey INTEGER NOT NULL, parent BLOB,
-            merge_parent BLOB, kind INTEGER NOT NULL, status INTEGER NOT NULL DEFAULT 0,
-            created_at INTEGER NOT NULL, expires_at INTEGER, restore_count INTEGER NOT NULL DEFAULT 0,
-            logical_size INTEGER NOT NULL, stored_size INTEGER NOT NULL, milestone TEXT,
-            header BLOB NOT NULL, manifest BLOB NOT NULL, PRIMARY KEY (id, tkey)
-        ) WITHOUT ROWID;
-        INSERT INTO checkpoints SELECT * FROM v3;
-        DROP TABLE v3;
-        CREATE INDEX checkpoints_by_thread ON checkpoints (tkey, id);
-        CREATE UNIQUE INDEX checkpoints_milestone ON checkpoints (tkey, milestone) WHERE milestone IS NOT NULL;
-        CREATE INDEX checkpoints_expiry ON checkpoints (expires_at) WHERE expires_at IS NOT NULL;
-        UPDATE threadline_meta SET value = '3' WHERE key = 'schema_version';
-        COMMIT;
-        """
-    )
-    conn.close()
+    sqlite_back_to_schema_3(path)
     with open_store(url(path)) as store:
         assert store.repository.schema_version() == 4
         assert [c.id for c in store.checkpoints.iter("t")] == expected
