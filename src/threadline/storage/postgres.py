@@ -2286,14 +2286,17 @@ class PostgresRepository(CheckpointRepository):
             SELECT k.id, 0 FROM {{s}}.checkpoints k, tk WHERE k.tkey = tk.tkey AND k.id = %(start)s
             UNION ALL
             SELECT p.parent, chain.n + 1 FROM chain, tk, LATERAL (
-                SELECT k.parent FROM {{s}}.checkpoints k WHERE k.tkey = tk.tkey AND k.id = chain.id
+                SELECT k.parent FROM {{s}}.checkpoints k WHERE k.tkey = tk.tkey AND k.id = chain.id LIMIT 1
             ) p
             WHERE p.parent IS NOT NULL AND chain.n + 1 < %(limit)s
         )
         SELECT {_CP_COLS} FROM chain, tk, LATERAL (
-            SELECT * FROM {{s}}.checkpoints k WHERE k.tkey = tk.tkey AND k.id = chain.id
+            SELECT * FROM {{s}}.checkpoints k WHERE k.tkey = tk.tkey AND k.id = chain.id LIMIT 1
         ) c
         ORDER BY chain.n"""
+    # LIMIT 1 on both lookups (a primary-key lookup finds at most one row anyway) keeps the
+    # planner from flattening them into joins over every checkpoint of the thread, which it
+    # chose on tables without statistics: history 10 then grew with the history's depth.
 
     def walk_lineage(self, thread_id: str, start_id: str, *, limit: int) -> list[CheckpointRow]:
         rows = self._query(self.WALK_SQL, {"thread": thread_id, "start": uuid.UUID(start_id), "limit": limit})
