@@ -481,18 +481,15 @@ class CheckpointDomainService:
         if (
             title is None
             and description is None
-            and not tags
-            and not metadata
+            and tags == ()
+            and metadata is None
             and error_message is None
             and error_type is None
             and restored_from is None
             and sync_point is None
-            and not origin
-            and self.serializer.keyring is None
-            and (tags == () or isinstance(tags, list | tuple))
-            and (metadata is None or isinstance(metadata, Mapping))
+            and origin is None
         ):
-            header = _EMPTY_HEADER  # the usual write: nothing to check or encode
+            header = self._encode_header()  # the usual write: no header field to check
         else:
             header = self._encode_header(
                 title=_opt_str(title, "title"),

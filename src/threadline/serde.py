@@ -77,6 +77,8 @@ EXT_TIMEDELTA = 9
 EXT_UUID = 10
 EXT_DECIMAL = 11
 EXT_OBJECT = 12
+#: Extensions whose payload is a msgpack array of values.
+_CONTAINER_CODES = frozenset((EXT_OBJECT, EXT_TUPLE, EXT_SET, EXT_FROZENSET, EXT_DICT))
 
 FLAG_RAW = 0
 FLAG_ZSTD = 1
@@ -817,18 +819,12 @@ class Serializer:
         return ormsgpack.Ext(EXT_OBJECT, registration.prefix + pack(data, path))
 
     def _decode_ext(self, code: int, payload: bytes, unpack: Callable[[bytes], Any]) -> Any:
-        if code == EXT_OBJECT:  # the common case (registered objects: messages, models)
+        if code in _CONTAINER_CODES:  # first: registered objects (messages) are the common case
             items = unpack(payload)
             if type(items) is not list:
                 raise ValueError(f"extension {code} payload is not an array")
-            return self._rebuild(items)
-        atomic = _ATOMIC_DECODERS.get(code)
-        if atomic is not None:
-            return atomic(payload)
-        if code in (EXT_TUPLE, EXT_SET, EXT_FROZENSET, EXT_DICT):
-            items = unpack(payload)
-            if type(items) is not list:
-                raise ValueError(f"extension {code} payload is not an array")
+            if code == EXT_OBJECT:
+                return self._rebuild(items)
             if code == EXT_TUPLE:
                 return tuple(items)
             if code == EXT_SET:
@@ -837,6 +833,9 @@ class Serializer:
                 return frozenset(items)
             pairs = iter(items)  # EXT_DICT
             return dict(zip(pairs, pairs, strict=True))
+        atomic = _ATOMIC_DECODERS.get(code)
+        if atomic is not None:
+            return atomic(payload)
         raise SerializationError(f"unknown extension code {code}: written by a newer threadline or corrupt")
 
     def _rebuild(self, items: list[Any]) -> Any:
